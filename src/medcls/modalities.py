@@ -1,0 +1,288 @@
+"""Per-modality preparation: pure array -> array transforms, each testable alone.
+
+Every transform takes a NumPy array and returns a new float32 array; none reads
+files. :func:`prepare` chains them by modality into model input ``(C, H, W)``
+with values in [0, 1]; its settings are a :class:`Preparation` that a run saves
+beside its weights so prediction repeats training-time preparation exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from medcls.errors import MedclsError
+
+__all__ = [
+    "HU_WINDOWS", "Preparation", "window", "percentile_window", "clahe", "to_grey",
+    "crop_to_content", "ct_windows", "zscore_in_body", "percentile_in_body", "body_mask",
+    "stack_channels", "volume_slices", "slices_25d", "resize", "prepare", "modality_family",
+]
+
+# (centre, width) in HU, the usual radiology presets.
+HU_WINDOWS: dict[str, tuple[float, float]] = {
+    "lung": (-600.0, 1500.0),
+    "mediastinum": (50.0, 350.0),
+    "abdomen": (50.0, 400.0),
+    "bone": (400.0, 1800.0),
+    "brain": (40.0, 80.0),
+}
+
+_XRAY = {"CR", "DX", "MG", "RG", "DR", "PX", "IO", "XA", "RF"}
+
+
+def modality_family(code: str) -> str:
+    """Map a DICOM modality code to a preparation family: xray, us, ct, mr or other."""
+    code = (code or "").upper()
+    if code in _XRAY:
+        return "xray"
+    if code in ("US", "IVUS"):
+        return "us"
+    if code in ("CT", "PT", "NM"):
+        return "ct" if code == "CT" else "other"
+    if code == "MR":
+        return "mr"
+    return "other"
+
+
+def window(x: np.ndarray, centre: float, width: float) -> np.ndarray:
+    """Linear window to [0, 1]: ``centre - width/2`` -> 0, ``centre + width/2`` -> 1."""
+    if width <= 0:
+        raise ValueError(f"window width must be positive, got {width}")
+    lo = centre - width / 2.0
+    return np.clip((np.asarray(x, dtype=np.float32) - lo) / float(width), 0.0, 1.0)
+
+
+def percentile_window(x: np.ndarray, lower: float = 0.5, upper: float = 99.5, mask: np.ndarray | None = None) -> np.ndarray:
+    """Map the [lower, upper] percentiles of ``x`` (within ``mask``) to [0, 1]."""
+    x = np.asarray(x, dtype=np.float32)
+    vals = x[mask] if mask is not None and mask.any() else x
+    lo, hi = np.percentile(vals, [lower, upper])
+    if hi <= lo:
+        return np.zeros_like(x) if hi == lo and x.max() == x.min() else np.clip(x - lo, 0, 1)
+    return np.clip((x - lo) / (hi - lo), 0.0, 1.0)
+
+
+def clahe(x01: np.ndarray, clip_limit: float = 0.01, kernel_size: int | None = None) -> np.ndarray:
+    """Contrast-limited adaptive histogram equalisation (scikit-image) of a [0, 1] image."""
+    from skimage.exposure import equalize_adapthist
+
+    x01 = np.clip(np.asarray(x01, dtype=np.float64), 0, 1)
+    if x01.ndim == 3 and x01.shape[-1] == 3:
+        return equalize_adapthist(x01, kernel_size=kernel_size, clip_limit=clip_limit).astype(np.float32)
+    return equalize_adapthist(x01, kernel_size=kernel_size, clip_limit=clip_limit).astype(np.float32)
+
+
+def to_grey(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R BT.601 luma of an ``(..., 3)`` array (grey input is returned as float32)."""
+    rgb = np.asarray(rgb, dtype=np.float32)
+    if rgb.shape[-1] != 3:
+        return rgb
+    return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def crop_to_content(img: np.ndarray, threshold: float = 0.05, margin: int = 2) -> np.ndarray:
+    """Crop an ultrasound frame to its largest bright region (the scan sector).
+
+    Burnt-in text, rulers and logos are small separate components; the dark
+    border around the sector carries no information. ``img`` is [0, 1], grey or RGB.
+    """
+    from skimage.measure import label, regionprops
+    from skimage.morphology import disk, opening
+
+    g = to_grey(img) if img.ndim == 3 else np.asarray(img, dtype=np.float32)
+    mask = g > threshold
+    if min(g.shape) >= 16:
+        mask = opening(mask, disk(max(1, min(g.shape) // 64))).astype(bool)
+    if not mask.any():
+        return img
+    regions = regionprops(label(mask))
+    r0, c0, r1, c1 = max(regions, key=lambda r: r.area).bbox
+    r0, c0 = max(0, r0 - margin), max(0, c0 - margin)
+    r1, c1 = min(g.shape[0], r1 + margin), min(g.shape[1], c1 + margin)
+    return img[r0:r1, c0:c1]
+
+
+def ct_windows(hu: np.ndarray, names: Sequence[str] = ("abdomen",)) -> np.ndarray:
+    """Named HU windows as channels: ``(len(names), *hu.shape)`` in [0, 1]."""
+    unknown = [n for n in names if n not in HU_WINDOWS]
+    if unknown:
+        raise MedclsError(f"unknown CT window {unknown}; choose from {sorted(HU_WINDOWS)}")
+    return np.stack([window(hu, *HU_WINDOWS[n]) for n in names])
+
+
+def body_mask(x: np.ndarray) -> np.ndarray:
+    """Foreground (body) mask by Otsu's threshold; all-true when the image is flat."""
+    from skimage.filters import threshold_otsu
+
+    x = np.asarray(x, dtype=np.float32)
+    if float(x.max()) == float(x.min()):
+        return np.ones(x.shape, bool)
+    return x > threshold_otsu(x)
+
+
+def zscore_in_body(x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """MRI z-score with statistics from the body only (the background is ignored)."""
+    x = np.asarray(x, dtype=np.float32)
+    m = body_mask(x) if mask is None else mask
+    vals = x[m] if m.any() else x
+    sd = float(vals.std())
+    return (x - float(vals.mean())) / (sd if sd > 0 else 1.0)
+
+
+def percentile_in_body(x: np.ndarray, lower: float = 1.0, upper: float = 99.0) -> np.ndarray:
+    """MRI percentile normalisation to [0, 1] with percentiles from the body only."""
+    return percentile_window(x, lower, upper, mask=body_mask(x))
+
+
+def stack_channels(images: Sequence[np.ndarray]) -> np.ndarray:
+    """Several co-registered sequences / windows of one shape -> ``(C, ...)``."""
+    shapes = {np.shape(i) for i in images}
+    if len(shapes) != 1:
+        raise MedclsError(f"channels must share one shape, got {sorted(shapes)}")
+    return np.stack([np.asarray(i, dtype=np.float32) for i in images])
+
+
+def volume_slices(vol: np.ndarray, axis: int = 0) -> np.ndarray:
+    """A ``(Z, Y, X)`` volume as 2-D slices along ``axis`` (0 axial, 1 coronal, 2 sagittal)."""
+    return np.ascontiguousarray(np.moveaxis(np.asarray(vol), axis, 0))
+
+
+def slices_25d(vol: np.ndarray, axis: int = 0, k: int = 1) -> np.ndarray:
+    """2.5-D: each slice with its ``k`` neighbours each side as channels.
+
+    Returns ``(N, 2k+1, H, W)``; edge slices repeat the first/last slice.
+    """
+    s = volume_slices(vol, axis)
+    n = s.shape[0]
+    idx = np.clip(np.arange(n)[:, None] + np.arange(-k, k + 1)[None, :], 0, n - 1)
+    return s[idx]
+
+
+def resize(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Resize ``(H, W)`` or ``(H, W, C)`` with OpenCV: area when shrinking, linear when growing."""
+    import cv2
+
+    h, w = (size, size) if isinstance(size, int) else size
+    img = np.asarray(img, dtype=np.float32)
+    if img.shape[:2] == (h, w):
+        return img
+    interp = cv2.INTER_AREA if (img.shape[0] > h or img.shape[1] > w) else cv2.INTER_LINEAR
+    if img.ndim == 3 and img.shape[2] > 4:  # OpenCV handles <=4 channels in one call reliably
+        return np.stack([cv2.resize(img[..., c], (w, h), interpolation=interp) for c in range(img.shape[2])], -1)
+    out = cv2.resize(img, (w, h), interpolation=interp)
+    return out[..., None] if img.ndim == 3 and out.ndim == 2 else out
+
+
+@dataclass
+class Preparation:
+    """How raw pixels become model input; saved with every run.
+
+    Attributes:
+        modality: ``auto`` (from the file), or a family: xray, us, ct, mr, other.
+        size: output height and width.
+        channels: 1 (grey) or 3 (RGB, or CT windows / 2.5-D slices as channels).
+        ct_windows: CT windows, one per channel, from :data:`HU_WINDOWS`.
+        use_file_window: X-ray/other: use the DICOM window when the file has one.
+        clahe: X-ray: CLAHE after windowing.
+        crop: ultrasound: crop to the scan sector (drops borders and burnt-in text).
+        mr_norm: MRI: ``percentile`` (to [0, 1]) or ``zscore`` (then squashed to [0, 1]).
+        volume_axis: volumes: slice axis (0 axial, 1 coronal, 2 sagittal).
+        volume_mode: ``slices`` or ``2.5d`` (neighbouring slices as channels).
+    """
+
+    modality: str = "auto"
+    size: int = 28
+    channels: int = 1
+    ct_windows: tuple[str, ...] = ("abdomen",)
+    use_file_window: bool = True
+    clahe: bool = False
+    crop: bool = False
+    mr_norm: str = "percentile"
+    volume_axis: int = 0
+    volume_mode: str = "slices"
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ct_windows"] = list(self.ct_windows)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preparation":
+        d = dict(d)
+        d["ct_windows"] = tuple(d.get("ct_windows", ("abdomen",)))
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def _prepare_2d(img: np.ndarray, meta_window, family: str, prep: Preparation) -> np.ndarray:
+    """One 2-D image (grey ``(H, W)`` or RGB ``(H, W, 3)``) -> ``(C, size, size)`` in [0, 1]."""
+    colour = img.ndim == 3 and img.shape[-1] == 3
+    if colour:
+        x = np.asarray(img, dtype=np.float32) / (255.0 if img.dtype == np.uint8 or img.max() > 1 else 1.0)
+        if family == "us" and prep.crop:
+            x = crop_to_content(x)
+        x = resize(x, prep.size)
+        if prep.channels == 3:
+            return np.moveaxis(x, -1, 0)
+        return to_grey(x)[None]
+    if family == "ct":
+        chans = ct_windows(img, prep.ct_windows)
+        chans = np.stack([resize(c, prep.size) for c in chans])
+    else:
+        if family == "mr":
+            x = percentile_in_body(img) if prep.mr_norm == "percentile" else _squash(zscore_in_body(img))
+        elif prep.use_file_window and meta_window is not None:
+            x = window(img, *meta_window)
+        elif img.dtype == np.uint8:
+            x = np.asarray(img, dtype=np.float32) / 255.0
+        else:
+            x = percentile_window(img)
+        if family == "xray" and prep.clahe:
+            x = clahe(x)
+        if family == "us" and prep.crop:
+            x = crop_to_content(x)
+        chans = resize(x, prep.size)[None]
+    if chans.shape[0] == prep.channels:
+        return chans
+    if chans.shape[0] == 1:
+        return np.repeat(chans, prep.channels, axis=0)
+    if prep.channels == 1:
+        return chans.mean(0, keepdims=True)
+    raise MedclsError(f"preparation makes {chans.shape[0]} channels but the model takes {prep.channels}")
+
+
+def _squash(z: np.ndarray) -> np.ndarray:
+    """z-scores to [0, 1]: -3 sd -> 0, +3 sd -> 1."""
+    return np.clip((z + 3.0) / 6.0, 0.0, 1.0)
+
+
+def prepare(array: np.ndarray, meta, prep: Preparation) -> np.ndarray:
+    """What :func:`medcls.io.read` returned -> model input ``(N, C, size, size)`` float32 in [0, 1].
+
+    A 2-D image gives N = 1; multi-frame files give one item per frame; volumes give
+    one item per slice along ``prep.volume_axis`` (2.5-D stacks neighbours as channels).
+    """
+    family = prep.modality if prep.modality != "auto" else modality_family(getattr(meta, "modality", "OT"))
+    win = getattr(meta, "window", None)
+    if getattr(meta, "is_volume", False) and array.ndim == 3:
+        if prep.volume_mode == "2.5d":
+            k = max(1, prep.channels // 2)
+            vol = array
+            if family == "ct":
+                vol = window(vol, *HU_WINDOWS[prep.ct_windows[0]])
+            elif family == "mr":
+                vol = percentile_in_body(vol) if prep.mr_norm == "percentile" else _squash(zscore_in_body(vol))
+            else:
+                vol = percentile_window(vol)
+            stacks = slices_25d(vol, prep.volume_axis, k)  # (N, 2k+1, H, W)
+            out = np.stack([np.stack([resize(c, prep.size) for c in s]) for s in stacks])
+            return out[:, : prep.channels] if out.shape[1] >= prep.channels else out
+        items = list(volume_slices(array, prep.volume_axis))
+    elif getattr(meta, "frames", 1) > 1 and array.ndim >= 3:
+        items = list(array)
+    else:
+        items = [array]
+    return np.stack([_prepare_2d(i, win, family, prep) for i in items]).astype(np.float32)

@@ -1,0 +1,47 @@
+import json
+import subprocess
+import sys
+
+from medcls.io.samples import pydicom_test_dir
+from tests.conftest import dcm, run_cli
+
+
+def test_info_corrupt_dicom_exits_2_without_traceback():
+    bad = pydicom_test_dir() / "MR_truncated.dcm"
+    r = subprocess.run([sys.executable, "-m", "medcls.cli", "info", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert str(bad) in r.stderr and "truncated" in r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_debug_shows_traceback():
+    args = [sys.executable, "-m", "medcls.cli", "data", "no_such_dataset"]
+    plain = subprocess.run(args, capture_output=True, text=True)
+    assert plain.returncode == 2 and "Traceback" not in plain.stderr and "no_such_dataset" in plain.stderr
+    debug = subprocess.run(args[:3] + ["--debug"] + args[3:], capture_output=True, text=True)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr and "DataError" in debug.stderr
+
+
+def test_info_json(capsys, tmp_path):
+    empty = tmp_path / "empty.dcm"
+    empty.write_bytes(b"")
+    rc, out, err = run_cli(["info", "--json", dcm("CT_small.dcm"), dcm("MR_small.dcm"), empty], capsys)
+    recs = json.loads(out)
+    assert rc == 2 and len(recs) == 2 and "empty.dcm: file is empty" in err
+    for r in recs:
+        assert {"path", "modality", "shape", "spacing", "min", "max", "frames", "transfer_syntax"} <= set(r)
+    assert recs[0]["modality"] == "CT" and round(recs[0]["min"]) == -896 and round(recs[0]["max"]) == 1167
+
+
+def test_data_summary_json(medmnist_dir, capsys):
+    rc, out, _ = run_cli(["data", "pneumoniamnist", "--data-dir", medmnist_dir, "--json"], capsys)
+    s = json.loads(out)
+    assert rc == 0 and s["classes"] == ["normal", "pneumonia"] and s["channels"] == 1
+    assert {k: v["total"] for k, v in s["counts"].items()} == {"train": 4708, "val": 524, "test": 624}
+    assert s["image_size"] == [28, 28]
+
+
+def test_demo(medmnist_dir, capsys):
+    rc, out, err = run_cli(["demo", "--data-dir", medmnist_dir], capsys)
+    assert rc == 0 and "pneumoniamnist" in out and "HU" in out and err == ""
