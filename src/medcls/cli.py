@@ -179,6 +179,32 @@ def _print_dataset(s: dict) -> None:
     c.print(t)
 
 
+# ---------------------------------------------------------------- models
+
+@app.command()
+def models(as_json: bool = typer.Option(False, "--json", help="Print a JSON list."),
+           classes: int = typer.Option(2, "--classes", help="Number of classes."),
+           channels: int = typer.Option(1, "--channels", help="Input channels."),
+           size: int = typer.Option(28, "--size", help="Input height and width (28-512+).")) -> None:
+    """Every model by name, with parameters and FLOPs at one input shape."""
+    from medcls.models import list_models, model_stats
+
+    rows = [model_stats(n, classes, channels, size) for n in list_models()]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{classes} classes, {channels} x {size} x {size} input")
+    for c in ("model", "params", "params (train, with aux)", "GFLOPs", "GMACs"):
+        t.add_column(c, justify="left" if c == "model" else "right")
+    for r in rows:
+        t.add_row(r["name"], f"{r['params']:,}", f"{r['params_train']:,}", f"{r['flops'] / 1e9:.3f}",
+                  f"{r['macs'] / 1e9:.3f}")
+    Console(width=160).print(t)
+
+
 # ---------------------------------------------------------------- demo
 
 @app.command()
