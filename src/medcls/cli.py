@@ -205,6 +205,131 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print a JSON list
     Console(width=160).print(t)
 
 
+# ---------------------------------------------------------------- train / evaluate / predict
+
+@app.command()
+def train(
+    data: Optional[str] = typer.Option(None, "--data", help="MedMNIST name, .npz, class folder or CSV manifest."),
+    model: str = typer.Option("vgg11_bn", "--model", help="Model name (see `medcls models`)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder to create."),
+    size: Optional[int] = typer.Option(None, "--size", help="Input size (MedMNIST: 28/64/128/224)."),
+    channels: Optional[int] = typer.Option(None, "--channels", help="Input channels (default: the data's)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Default: ~20,000 training images (>= 4 epochs)."),
+    batch_size: int = typer.Option(128, "--batch-size"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Default 1e-3 (AdamW) / 0.01 (SGD) at batch 128."),
+    optimizer: str = typer.Option("adamw", "--optimizer", help="adamw | sgd"),
+    weight_decay: float = typer.Option(5e-4, "--weight-decay"),
+    label_smoothing: float = typer.Option(0.0, "--label-smoothing"),
+    balance: str = typer.Option("weighted", "--balance", help="weighted | sampler | none"),
+    augment: str = typer.Option("auto", "--augment", help="auto | none | light | strong"),
+    hflip: Optional[bool] = typer.Option(None, "--hflip/--no-hflip", help="Default: by dataset/modality."),
+    patience: int = typer.Option(8, "--patience", help="Early stopping on validation AUC."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N | mps"),
+    volume_mode: str = typer.Option("2.5d", "--volume-mode", help="Volumes: slices | 2.5d"),
+    labelled_fraction: float = typer.Option(1.0, "--labelled-fraction", help="Keep this fraction of train labels."),
+    semi: Optional[str] = typer.Option(None, "--semi", help="pseudo | fixmatch | meanteacher"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where MedMNIST files are."),
+    max_train_samples: Optional[int] = typer.Option(None, "--max-train-samples", help="Train on a random subset."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run folder."),
+    init: Optional[str] = typer.Option(None, "--init", help="AlexNet weight init: paper | kaiming."),
+) -> None:
+    """Train a CNN; the run folder gets weights, history, metrics.json and report.html."""
+    from medcls.train.config import TrainConfig
+    from medcls.train.engine import fit
+
+    if resume is not None:
+        cfg = TrainConfig.load(resume / "config.json") if (resume / "config.json").is_file() else None
+        if cfg is None:
+            raise MedclsError(f"{resume}: not a run folder (no config.json)")
+        cfg.out = str(resume)
+        root = fit(cfg, resume=True)
+    else:
+        if data is None:
+            raise MedclsError("--data is required (a MedMNIST name, .npz, class folder or CSV manifest)")
+        kwargs = {"init": init} if init else {}
+        cfg = TrainConfig(data=data, model=model, out=str(out or Path("runs") / f"{Path(data).stem}-{model}"),
+                          data_dir=str(data_dir) if data_dir else None, size=size, channels=channels, epochs=epochs,
+                          batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
+                          label_smoothing=label_smoothing, balance=balance, augment=augment, hflip=hflip,
+                          patience=patience, seed=seed, device=device, volume_mode=volume_mode,
+                          labelled_fraction=labelled_fraction, semi=semi, model_kwargs=kwargs,
+                          max_train_samples=max_train_samples)
+        root = fit(cfg)
+    _print_metrics(root)
+
+
+def _print_metrics(root: Path) -> None:
+    m = json.loads((root / "metrics.json").read_text())
+    for split in ("val", "test"):
+        if split in m:
+            x = m[split]
+            typer.echo(f"{split}: ACC {x['acc']:.4f}  AUC {x['auc']:.4f} (95% CI {x['auc_ci95'][0]:.3f}-"
+                       f"{x['auc_ci95'][1]:.3f})  sensitivity {x['sensitivity']:.3f}  "
+                       f"specificity {x['specificity']:.3f}  n={x['n']}")
+    typer.echo(f"report: {root / 'report.html'}")
+
+
+@app.command()
+def evaluate(run: Path = typer.Argument(..., help="Run folder."),
+             data: Optional[str] = typer.Option(None, "--data", help="Another dataset with the same classes."),
+             split: str = typer.Option("test", "--split", help="train | val | test"),
+             device: str = typer.Option("auto", "--device")) -> None:
+    """Metrics (ACC, AUC with 95% CI, sensitivity, specificity, F1, confusion), plots, report."""
+    from medcls.evaluate import evaluate_run
+
+    evaluate_run(run, data=data, splits=(split,), device=device)
+    _print_metrics(run)
+
+
+@app.command()
+def predict(run: Path = typer.Argument(..., help="Run folder."),
+            paths: list[Path] = typer.Argument(..., help="Files or folders (PNG/JPEG/DICOM/NIfTI/series)."),
+            as_json: bool = typer.Option(False, "--json"),
+            device: str = typer.Option("auto", "--device")) -> None:
+    """Class and probabilities for each file, prepared as in training (volumes: per slice + aggregate)."""
+    from medcls.io import iter_image_files
+    from medcls.runs import load_run
+
+    r = load_run(run, device)
+    targets: list[Path] = []
+    for p in paths:
+        if p.is_dir() and not _is_series(p):
+            targets += [f for f in iter_image_files(p)]
+        else:
+            targets.append(p)
+    results, failed = [], False
+    for res in r.predict_files(targets):
+        if isinstance(res, ReadError):
+            _err(str(res))
+            failed = True
+            continue
+        k = int(res.probs.argmax()) if r.task != "multilabel" else None
+        rec = {"path": res.path,
+               "class": r.class_names[k] if k is not None else [n for n, p in zip(r.class_names, res.probs) if p >= 0.5],
+               "probabilities": {n: round(float(p), 6) for n, p in zip(r.class_names, res.probs)}}
+        if len(res.item_probs) > 1:
+            rec["items"] = len(res.item_probs)
+            rec["per_item"] = [[round(float(v), 6) for v in row] for row in res.item_probs]
+        results.append(rec)
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+    else:
+        for rec in results:
+            probs = "  ".join(f"{n}={p:.3f}" for n, p in rec["probabilities"].items())
+            extra = f"  ({rec['items']} slices/frames, mean)" if "items" in rec else ""
+            typer.echo(f"{rec['path']}: {rec['class']}  {probs}{extra}")
+    if failed:
+        raise typer.Exit(2)
+
+
+def _is_series(p: Path) -> bool:
+    from medcls.io.dicom import is_dicom
+
+    files = [f for f in p.iterdir() if f.is_file()]
+    return bool(files) and sum(is_dicom(f) for f in files[:20]) >= max(1, min(len(files), 20) // 2)
+
+
 # ---------------------------------------------------------------- demo
 
 @app.command()

@@ -1,0 +1,60 @@
+"""Evaluation as clinical papers report it: metrics.json, plots and an HTML report."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from medcls.evaluate.metrics import auc_score, bootstrap_auc_ci, compute_metrics
+
+__all__ = ["evaluate_run", "compute_metrics", "auc_score", "bootstrap_auc_ci", "write_outputs"]
+
+
+def write_outputs(root: Path, meta: dict, results: dict[str, tuple], dataset_name: str) -> dict:
+    """Merge per-split metrics into ``metrics.json``; draw plots; write ``report.html``."""
+    from medcls._atomic import write_json
+    from medcls.evaluate.plots import plot_confusion, plot_curves, plot_roc
+    from medcls.evaluate.report import write_report
+
+    task, names = meta["data"]["task"], meta["data"]["class_names"]
+    mpath = root / "metrics.json"
+    metrics = json.loads(mpath.read_text()) if mpath.is_file() else {}
+    for split, (probs, y) in results.items():
+        metrics[split] = compute_metrics(y, probs, task, names)
+        metrics[split]["dataset"] = dataset_name
+    write_json(mpath, metrics)
+    focus = "test" if "test" in results else next(iter(results))
+    probs, y = results[focus]
+    plot_roc(y, probs, task, names, root / "roc.png", title=f"ROC — {dataset_name} {focus}")
+    plot_confusion(metrics[focus]["confusion"], names, root / "confusion.png", title=f"{dataset_name} {focus}")
+    hist = root / "history.csv"
+    if hist.is_file():
+        with open(hist, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        if rows:
+            plot_curves(rows, root / "curves.png")
+    write_report(root, meta, metrics)
+    return metrics
+
+
+def evaluate_run(root: str | Path, data: str | None = None, splits=("test",), device: str = "auto") -> dict:
+    """Evaluate a run on splits of its dataset (or of ``data``); update its outputs.
+
+    Returns:
+        the whole ``metrics.json`` content.
+    """
+    from medcls.runs import load_run
+
+    root = Path(root)
+    run = load_run(root, device)
+    ds = run.load_dataset(data)
+    results = {}
+    for s in splits:
+        if (ds.splits == s).any():
+            results[s] = run.sample_probs(ds, s)
+    if not results:
+        from medcls.errors import DataError
+
+        raise DataError(f"{ds.source}: no {', '.join(splits)} split to evaluate on")
+    return write_outputs(root, run.meta, results, ds.name)

@@ -1,0 +1,106 @@
+"""ROC curves, confusion matrices and training curves as PNG (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["plot_roc", "plot_confusion", "plot_curves", "plot_embedding"]
+
+
+def _fig():
+    os.environ.setdefault("MPLCONFIGDIR", str(Path(os.environ.get("TMPDIR", "/tmp")) / "medcls-mpl"))
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    from medcls._atomic import atomic_open
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    with atomic_open(path, "wb") as fh:
+        fh.write(buf.getvalue())
+
+
+def plot_roc(y, probs, task: str, class_names: list[str], path: Path, title: str = "") -> None:
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = _fig()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    y = np.asarray(y)
+    if task == "multilabel":
+        curves = [(n, y[:, j], probs[:, j]) for j, n in enumerate(class_names)]
+    elif probs.shape[1] == 2:
+        curves = [(class_names[1], (y == 1).astype(int), probs[:, 1])]
+    else:
+        curves = [(n, (y == j).astype(int), probs[:, j]) for j, n in enumerate(class_names)]
+    for name, yt, p in curves:
+        if len(np.unique(yt)) < 2:
+            continue
+        fpr, tpr, _ = roc_curve(yt, p)
+        ax.plot(fpr, tpr, lw=1.5, label=f"{name} (AUC {roc_auc_score(yt, p):.3f})")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (true positive rate)",
+           title=title or "ROC", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right", fontsize=8)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_confusion(cm, class_names: list[str], path: Path, title: str = "") -> None:
+    plt = _fig()
+    cm = np.asarray(cm)
+    if cm.ndim == 3:  # multi-label: one 2x2 per label; show the sum of TP/FN/FP/TN rows per label
+        cm = np.array([[c[1][1], c[1][0]] for c in cm])
+        rows, cols = class_names, ["predicted +", "predicted -"]
+    else:
+        rows = cols = class_names
+    fig, ax = plt.subplots(figsize=(1.2 + 0.8 * len(cols), 1.0 + 0.6 * len(rows)))
+    ax.imshow(cm, cmap="Blues")
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center",
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix")
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    plt = _fig()
+    ep = [int(float(r["epoch"])) for r in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    a.plot(ep, [float(r["train_loss"]) for r in history], label="train loss")
+    a.plot(ep, [float(r["val_loss"]) for r in history], label="val loss")
+    a.set(xlabel="epoch", ylabel="loss")
+    a.legend()
+    b.plot(ep, [float(r["val_auc"]) for r in history], label="val AUC", color="C2")
+    b.plot(ep, [float(r["val_acc"]) for r in history], label="val ACC", color="C3")
+    b.set(xlabel="epoch", ylim=(0, 1.01))
+    b.legend()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_embedding(xy: np.ndarray, colour, path: Path, title: str, legend_names=None) -> None:
+    plt = _fig()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    colour = np.asarray(colour)
+    for c in np.unique(colour):
+        m = colour == c
+        name = legend_names[int(c)] if legend_names is not None and int(c) < len(legend_names) else str(c)
+        ax.scatter(xy[m, 0], xy[m, 1], s=6, alpha=0.7, label=name)
+    ax.set_title(title)
+    ax.legend(markerscale=3, fontsize=8)
+    _save(fig, path)
+    plt.close(fig)

@@ -1,0 +1,77 @@
+"""A self-contained HTML report (plots embedded) a person can open offline."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+__all__ = ["write_report"]
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:60em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;margin:.5em 0}
+pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:85%}.muted{color:#777}"""
+
+
+def _f(v, digits=3):
+    if isinstance(v, float):
+        return "–" if v != v else f"{v:.{digits}f}"
+    return html.escape(str(v))
+
+
+def _img(path: Path, alt: str) -> str:
+    if not path.is_file():
+        return ""
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<h3>{html.escape(alt)}</h3><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def write_report(root: Path, meta: dict, metrics: dict) -> Path:
+    from medcls._atomic import write_text
+
+    d = meta.get("data", {})
+    rows = []
+    for split in ("train", "val", "test"):
+        m = metrics.get(split)
+        if not m:
+            continue
+        ci = m.get("auc_ci95") or [float("nan")] * 2
+        rows.append(f"<tr><td>{split}</td><td>{m['n']}</td><td>{_f(m['acc'])}</td><td>{_f(m['auc'])}</td>"
+                    f"<td>{_f(ci[0])} – {_f(ci[1])}</td><td>{_f(m['sensitivity'])}</td>"
+                    f"<td>{_f(m['specificity'])}</td><td>{_f(m['f1'])}</td></tr>")
+    per = ""
+    last = next((metrics[s] for s in ("test", "val") if s in metrics), None)
+    if last and last.get("per_class"):
+        pr = "".join(f"<tr><td>{html.escape(n)}</td><td>{_f(v.get('sensitivity'))}</td>"
+                     f"<td>{_f(v.get('specificity'))}</td><td>{_f(v.get('n', v.get('auc', '')))}</td></tr>"
+                     for n, v in last["per_class"].items())
+        per = ("<h2>Per class (test)</h2><table><tr><th>class</th><th>sensitivity</th><th>specificity</th>"
+               f"<th>n / AUC</th></tr>{pr}</table>")
+    model = meta.get("model", {}).get("name") or meta.get("classifier") or "ensemble"
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    body = f"""<!doctype html><html><head><meta charset="utf-8"><title>medcls report: {html.escape(str(model))}</title>
+<style>{_CSS}</style></head><body>
+<h1>medcls report</h1>
+<p class="muted">{html.escape(str(root))} · written {now} · medcls {html.escape(meta.get('version', ''))}</p>
+<table><tr><th>model</th><td>{html.escape(str(model))}</td></tr>
+<tr><th>dataset</th><td>{html.escape(d.get('name', ''))} ({html.escape(d.get('source', ''))})</td></tr>
+<tr><th>task</th><td>{html.escape(d.get('task', ''))}: {html.escape(', '.join(d.get('class_names', [])))}</td></tr>
+<tr><th>modality</th><td>{html.escape(d.get('modality', ''))}</td></tr></table>
+<h2>Metrics</h2>
+<table><tr><th>split</th><th>n</th><th>ACC</th><th>AUC</th><th>AUC 95% CI</th><th>sensitivity</th>
+<th>specificity</th><th>F1</th></tr>{''.join(rows)}</table>
+<p class="muted">Binary: sensitivity and specificity for the positive class
+“{html.escape(str(last.get('positive_class', '')) if last else '')}” at the argmax decision. AUC CI: percentile bootstrap
+over cases. Multi-class AUC: one-vs-rest macro, as MedMNIST reports it.</p>
+{per}
+{_img(root / 'roc.png', 'ROC (test)')}
+{_img(root / 'confusion.png', 'Confusion matrix (test)')}
+{_img(root / 'curves.png', 'Training curves')}
+<h2>Configuration</h2><pre>{html.escape(json.dumps(meta, indent=2))}</pre>
+</body></html>"""
+    out = root / "report.html"
+    write_text(out, body)
+    return out

@@ -1,0 +1,89 @@
+"""Run artefacts written atomically: safetensors weights, tensor-only training state."""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medcls.errors import MedclsError
+
+__all__ = ["save_weights", "load_weights", "save_state", "load_state", "rng_state", "set_rng_state"]
+
+
+def _atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_weights(model: torch.nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Model weights as safetensors (no pickle), atomically."""
+    from safetensors.torch import save_file
+
+    sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    _atomic(Path(path), lambda tmp: save_file(sd, tmp, metadata=metadata or {}))
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> None:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        sd = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise MedclsError(f"{path}: cannot read weights ({exc})") from exc
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as exc:
+        raise MedclsError(f"{path}: weights do not fit the model ({str(exc).splitlines()[0]})") from exc
+
+
+def rng_state() -> dict:
+    """Python, NumPy, torch and CUDA RNG states as tensors (``weights_only`` loads them)."""
+    st = random.getstate()
+    np_st = np.random.get_state()
+    out = {
+        "python": torch.tensor(list(st[1]), dtype=torch.int64),  # 624 words + position
+        "python_gauss": torch.tensor([float("nan") if st[2] is None else st[2]], dtype=torch.float64),
+        "numpy": torch.from_numpy(np_st[1].astype(np.int64)),
+        "numpy_pos": torch.tensor([np_st[2]], dtype=torch.int64),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        out["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
+    return out
+
+
+def set_rng_state(s: dict) -> None:
+    py = tuple(int(v) for v in s["python"].tolist())
+    g = float(s["python_gauss"][0])
+    random.setstate((3, py, None if g != g else g))
+    np.random.set_state(("MT19937", s["numpy"].numpy().astype(np.uint32), int(s["numpy_pos"][0]), 0, 0.0))
+    torch.set_rng_state(s["torch"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(s["cuda"]))
+
+
+def save_state(path: str | Path, state: dict) -> None:
+    """Optimiser/scheduler/RNG/progress state; only tensors and plain containers."""
+    _atomic(Path(path), lambda tmp: torch.save(state, tmp))
+
+
+def load_state(path: str | Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise MedclsError(f"{path}: cannot read training state ({exc})") from exc

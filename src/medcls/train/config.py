@@ -1,0 +1,85 @@
+"""Training configuration: a typed dataclass, dumped as ``RUN/config.json``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from medcls.errors import MedclsError
+
+__all__ = ["TrainConfig"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything needed to reproduce a run (see ``medcls train --help``)."""
+
+    data: str
+    model: str = "vgg11_bn"
+    out: str = "runs/run"
+    data_dir: str | None = None
+    size: int | None = None  # input size; None: the dataset's own
+    channels: int | None = None  # None: the dataset's own
+    epochs: int | None = None  # None: auto, about 20,000 training images (>= 4 epochs)
+    batch_size: int = 128
+    optimizer: str = "adamw"  # adamw | sgd
+    lr: float | None = None  # None: 1e-3 for AdamW, 0.01 for SGD (at batch 128)
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    balance: str = "weighted"  # weighted | sampler | none
+    augment: str = "auto"  # auto | none | light | strong
+    hflip: bool | None = None  # None: decided by dataset/modality
+    patience: int = 8  # early stopping on validation AUC
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # mixed precision on CUDA (bf16 where supported)
+    volume_mode: str = "2.5d"  # volumes: slices | 2.5d
+    volume_slices: int = 8  # slices per volume used (centred), 0: all
+    labelled_fraction: float = 1.0
+    semi: str | None = None  # pseudo | fixmatch | meanteacher
+    model_kwargs: dict = field(default_factory=dict)
+    max_train_samples: int | None = None  # for quick runs and tests
+    limit_eval_samples: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adamw", "sgd"):
+            raise MedclsError(f"--optimizer must be adamw or sgd, not {self.optimizer!r}")
+        if self.balance not in ("weighted", "sampler", "none"):
+            raise MedclsError(f"--balance must be weighted, sampler or none, not {self.balance!r}")
+        if self.augment not in ("auto", "none", "light", "strong"):
+            raise MedclsError(f"--augment must be auto, none, light or strong, not {self.augment!r}")
+        if self.semi not in (None, "pseudo", "fixmatch", "meanteacher"):
+            raise MedclsError(f"--semi must be pseudo, fixmatch or meanteacher, not {self.semi!r}")
+        if not 0 < self.labelled_fraction <= 1:
+            raise MedclsError(f"--labelled-fraction must be in (0, 1], got {self.labelled_fraction}")
+        if self.volume_mode not in ("slices", "2.5d"):
+            raise MedclsError(f"--volume-mode must be slices or 2.5d, not {self.volume_mode!r}")
+        if (self.epochs is not None and self.epochs < 1) or self.batch_size < 1:
+            raise MedclsError("--epochs and --batch-size must be at least 1")
+
+    def epochs_for(self, n_train_items: int) -> int:
+        """``epochs``, or when auto: enough for ~20,000 images seen (4 to 100 epochs)."""
+        if self.epochs is not None:
+            return self.epochs
+        return int(min(100, max(4, round(20_000 / max(1, n_train_items)))))
+
+    @property
+    def learning_rate(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        base = 1e-3 if self.optimizer == "adamw" else 0.01
+        return base * self.batch_size / 128
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        return cls.from_dict(json.loads(Path(path).read_text())["train"])

@@ -1,0 +1,469 @@
+"""The training loop: supervised and semi-supervised, CPU or GPU, resumable.
+
+Design: the whole split is held in memory as uint8 ``(N, C, H, W)``; each batch
+is indexed, converted and augmented on the training device (no per-image
+Python transforms, no DataLoader workers), in ``channels_last``. All random
+draws of an epoch come from generators seeded by (seed, epoch), and the global
+RNG states are checkpointed at each epoch end, so ``--resume`` after a crash
+reproduces the uninterrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medcls import __version__
+from medcls._atomic import write_json, write_text
+from medcls.errors import MedclsError
+from medcls.train.augment import Augment
+from medcls.train.checkpoint import load_state, load_weights, rng_state, save_state, save_weights, set_rng_state
+from medcls.train.config import TrainConfig
+from medcls.train.tensors import MODALITY_OF_FAMILY, TrainArrays, default_hflip, to_arrays
+
+__all__ = ["select_device", "fit", "predict_items", "aggregate", "build_model", "Normaliser", "RunPaths"]
+
+
+def select_device(spec: str = "auto") -> torch.device:
+    """``auto``: CUDA if present, else Apple MPS, else CPU."""
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(spec)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise MedclsError("--device cuda asked for, but no CUDA device is available")
+    return dev
+
+
+def _set_threads() -> None:
+    # One intra-op thread per core; inter-op parallelism buys nothing for one model.
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, n))
+
+
+@dataclass
+class RunPaths:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def best(self) -> Path:
+        return self.root / "best.safetensors"
+
+    @property
+    def last(self) -> Path:
+        return self.root / "last.safetensors"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state.pt"
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history.csv"
+
+
+class Normaliser:
+    """uint8 batch -> float, scaled to [0, 1], then (x - mean) / std per channel."""
+
+    def __init__(self, mean, std):
+        self.mean = [float(m) for m in mean]
+        self.std = [float(max(s, 1e-3)) for s in std]
+
+    @classmethod
+    def fit(cls, x: np.ndarray) -> "Normaliser":
+        xf = x.reshape(x.shape[0], x.shape[1], -1).astype(np.float32) / 255.0
+        return cls(xf.mean(axis=(0, 2)), xf.std(axis=(0, 2)))
+
+    def __call__(self, x01: torch.Tensor) -> torch.Tensor:
+        m = torch.tensor(self.mean, device=x01.device, dtype=x01.dtype).view(1, -1, 1, 1)
+        s = torch.tensor(self.std, device=x01.device, dtype=x01.dtype).view(1, -1, 1, 1)
+        return (x01 - m) / s
+
+
+def build_model(name: str, num_outputs: int, in_channels: int, size: int, kwargs: dict | None = None) -> nn.Module:
+    from medcls.models import create_model
+
+    return create_model(name, num_classes=num_outputs, in_channels=in_channels, input_size=size, **(kwargs or {}))
+
+
+def _to_device_batch(x: np.ndarray, idx: np.ndarray, device: torch.device) -> torch.Tensor:
+    t = torch.from_numpy(x[idx])
+    if device.type == "cuda":
+        t = t.pin_memory().to(device, non_blocking=True)
+    else:
+        t = t.to(device)
+    return t.float().div_(255.0).contiguous(memory_format=torch.channels_last)
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if device.type == "cuda" and enabled:
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, enabled=False)
+
+
+@torch.no_grad()
+def predict_items(model: nn.Module, x: np.ndarray, norm: Normaliser, device: torch.device, task: str,
+                  batch_size: int = 256, amp: bool = True) -> np.ndarray:
+    """Probabilities for uint8 items ``(N, C, H, W)``: softmax, or sigmoid for multi-label."""
+    model.eval()
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = norm(_to_device_batch(x, np.arange(i, min(i + batch_size, len(x))), device))
+        with _autocast(device, amp):
+            logits = model(xb).float()
+        out.append((torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, 1)).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+
+
+def aggregate(probs: np.ndarray, sample: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean probability over the items of each sample (slices of a volume); labels per sample."""
+    uniq, inv = np.unique(sample, return_inverse=True)
+    if len(uniq) == len(sample):
+        return probs, y
+    agg = np.zeros((len(uniq), probs.shape[1]))
+    np.add.at(agg, inv, probs)
+    agg /= np.bincount(inv)[:, None]
+    first = np.zeros(len(uniq), dtype=int)
+    first[inv[::-1]] = np.arange(len(sample))[::-1]
+    return agg, y[first]
+
+
+def _class_weights(y: np.ndarray, k: int, task: str) -> torch.Tensor | None:
+    if task == "multilabel":
+        pos = y.sum(0)
+        return torch.tensor(np.clip((len(y) - pos) / np.maximum(pos, 1), 0.1, 50), dtype=torch.float32)
+    counts = np.bincount(y, minlength=k).astype(np.float64)
+    w = len(y) / (k * np.maximum(counts, 1))
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def _labelled_subset(y: np.ndarray, sample: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of items whose sample's label is kept (stratified by class)."""
+    if fraction >= 1:
+        return np.ones(len(y), bool)
+    rng = np.random.default_rng(seed + 7)
+    uniq, first = np.unique(sample, return_index=True)
+    ys = y[first] if y.ndim == 1 else y[first].argmax(1)
+    keep = []
+    for c in np.unique(ys):
+        members = uniq[ys == c]
+        n = max(1, int(round(fraction * len(members))))
+        keep.extend(rng.choice(members, n, replace=False))
+    return np.isin(sample, np.array(keep))
+
+
+def _history_write(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
+    w.writeheader()
+    w.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _progress(total: int, desc: str):
+    from tqdm import tqdm
+
+    disable = not sys.stderr.isatty() or bool(os.environ.get("TQDM_DISABLE"))
+    return tqdm(total=total, desc=desc, leave=False, disable=disable, unit="img", dynamic_ncols=True)
+
+
+def prepare_data(cfg: TrainConfig):
+    """Load the dataset and turn it into train/val/test items; settle size and channels."""
+    from medcls.data import load_dataset
+    from medcls.modalities import Preparation
+
+    prep = Preparation(size=cfg.size or 64, channels=cfg.channels or 1)
+    ds = load_dataset(cfg.data, data_dir=cfg.data_dir, size=cfg.size, prep=prep, seed=cfg.seed)
+    channels = cfg.channels or (3 if ds.is_volume and cfg.volume_mode == "2.5d" else ds.channels)
+    arrays = {s: to_arrays(ds, s, volume_mode=cfg.volume_mode, volume_slices=cfg.volume_slices, channels=channels)
+              for s in ("train", "val", "test") if (ds.splits == s).any()}
+    if "train" not in arrays:
+        raise MedclsError(f"{cfg.data}: no training split")
+    if "val" not in arrays:  # carve a validation split out of train, by sample
+        tr = arrays["train"]
+        rng = np.random.default_rng(cfg.seed)
+        samples = np.unique(tr.sample)
+        val_s = rng.choice(samples, max(1, len(samples) // 10), replace=False)
+        m = np.isin(tr.sample, val_s)
+        arrays["val"] = TrainArrays(tr.x[m], tr.y[m], tr.sample[m])
+        arrays["train"] = TrainArrays(tr.x[~m], tr.y[~m], tr.sample[~m])
+    size = int(arrays["train"].x.shape[-1])
+    family = MODALITY_OF_FAMILY.get(ds.modality.upper(), "other")
+    run_prep = Preparation(modality=family, size=size, channels=channels,
+                           volume_mode=cfg.volume_mode if ds.is_volume else "slices")
+    return ds, arrays, run_prep
+
+
+def _limit(a: TrainArrays, n: int | None, seed: int) -> TrainArrays:
+    if not n or len(a.y) <= n:
+        return a
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(a.y), n, replace=False))
+    return TrainArrays(a.x[idx], a.y[idx], a.sample[idx])
+
+
+def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) -> Path:
+    """Train a model as configured; write the run folder; return its path."""
+    run = RunPaths(Path(cfg.out))
+    _set_threads()
+    device = select_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    import random as _random
+
+    _random.seed(cfg.seed)
+
+    ds, arrays, run_prep = prepare_data(cfg)
+    train = _limit(arrays["train"], cfg.max_train_samples, cfg.seed)
+    val = _limit(arrays["val"], cfg.limit_eval_samples, cfg.seed)
+    task = ds.task if ds.task != "ordinal" else "multiclass"
+    k = len(ds.class_names)
+    if cfg.semi and task == "multilabel":
+        raise MedclsError("semi-supervised training supports binary and multi-class tasks, not multi-label")
+
+    labelled = _labelled_subset(train.y, train.sample, cfg.labelled_fraction, cfg.seed)
+    x_l, y_l = train.x[labelled], train.y[labelled]
+    x_u = train.x[~labelled] if cfg.semi else train.x[:0]
+    norm = Normaliser.fit(x_l)
+    channels, size = int(train.x.shape[1]), int(train.x.shape[-1])
+
+    model = build_model(cfg.model, k, channels, size, cfg.model_kwargs).to(device)
+    model = model.to(memory_format=torch.channels_last)
+    teacher = None
+    if cfg.semi == "meanteacher":
+        teacher = copy.deepcopy(model)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+
+    weights = _class_weights(y_l, k, task) if cfg.balance == "weighted" else None
+    if task == "multilabel":
+        criterion = nn.BCEWithLogitsLoss(pos_weight=weights.to(device) if weights is not None else None)
+    else:
+        criterion = nn.CrossEntropyLoss(weight=weights.to(device) if weights is not None else None,
+                                        label_smoothing=cfg.label_smoothing)
+
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    lr = cfg.learning_rate
+    if cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(groups, lr=lr)
+    else:
+        opt = torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
+    epochs = cfg.epochs_for(len(y_l))
+    steps_per_epoch = max(1, math.ceil(len(y_l) / cfg.batch_size))
+    total = steps_per_epoch * epochs
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported())
+
+    hflip = cfg.hflip if cfg.hflip is not None else default_hflip(ds.name, ds.modality)
+    preset = "light" if cfg.augment == "auto" else cfg.augment
+    aug = Augment(preset, hflip)
+    weak, strong = Augment("light" if preset != "none" else "none", hflip), Augment("strong", hflip)
+
+    meta = {
+        "version": __version__,
+        "kind": "cnn",
+        "train": cfg.to_dict(),
+        "model": {"name": cfg.model, "num_outputs": k, "in_channels": channels, "input_size": size,
+                  "kwargs": cfg.model_kwargs},
+        "data": {"name": ds.name, "source": ds.source, "task": task, "class_names": ds.class_names,
+                 "modality": ds.modality, "is_volume": ds.is_volume, "volume_mode": cfg.volume_mode,
+                 "volume_slices": cfg.volume_slices, "n_train_labelled": int(len(np.unique(train.sample[labelled]))),
+                 "n_train_unlabelled": int(len(np.unique(train.sample[~labelled]))) if cfg.semi else 0},
+        "preprocess": {"mean": norm.mean, "std": norm.std, "preparation": run_prep.to_dict(),
+                       "hflip": hflip, "augment": preset},
+        "device": str(device),
+    }
+
+    start_epoch, best_auc, bad_epochs, history = 0, -1.0, 0, []
+    if resume:
+        if not run.state.is_file():
+            raise MedclsError(f"{run.root}: nothing to resume (no state.pt)")
+        st = load_state(run.state)
+        load_weights(model, run.last)
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        if teacher is not None and "teacher" in st:
+            teacher.load_state_dict(st["teacher"])
+        if "scaler" in st and scaler.is_enabled():
+            scaler.load_state_dict(st["scaler"])
+        start_epoch = int(st["epoch"])
+        best_auc = float(st["best_auc"])
+        bad_epochs = int(st["bad_epochs"])
+        history = [dict(zip(st["history_keys"], row)) for row in st["history"].tolist()] if len(st["history"]) else []
+        set_rng_state(st["rng"])
+        _log(f"resuming {run.root} after epoch {start_epoch}")
+    else:
+        run.root.mkdir(parents=True, exist_ok=True)
+
+    _log(f"training {cfg.model} on {ds.name}: {len(y_l)} labelled items"
+         + (f" + {len(x_u)} unlabelled ({cfg.semi})" if cfg.semi else "")
+         + f", {channels}x{size}x{size}, {k} classes, device {device}")
+
+    meta["train"]["epochs_resolved"] = epochs
+    if not resume:
+        write_json(run.config, meta)
+    for epoch in range(start_epoch, epochs):
+        if bad_epochs >= cfg.patience:
+            break
+        model.train()
+        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        x_ep, y_ep = x_l, y_l
+        if cfg.semi == "pseudo" and len(x_u) and epoch >= max(1, epochs // 5):
+            pu = predict_items(model, x_u, norm, device, task, amp=cfg.amp)
+            conf = pu.max(1) >= 0.95
+            x_ep = np.concatenate([x_l, x_u[conf]])
+            y_ep = np.concatenate([y_l, pu[conf].argmax(1).astype(y_l.dtype)])
+            model.train()
+        n = len(y_ep)
+        if cfg.balance == "sampler" and task != "multilabel":
+            w = (1.0 / np.bincount(y_ep, minlength=k)[y_ep]).astype(np.float64)
+            order = torch.multinomial(torch.from_numpy(w), n, replacement=True, generator=gen).numpy()
+        else:
+            order = torch.randperm(n, generator=gen).numpy()
+        t0, seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
+        bar = _progress(n, f"epoch {epoch + 1}/{epochs}")
+        for i in range(0, n, cfg.batch_size):
+            idx = np.sort(order[i:i + cfg.batch_size])
+            if len(idx) < 2 and i > 0:
+                continue  # BatchNorm needs two samples
+            xb = norm(aug(_to_device_batch(x_ep, idx, device), gen))
+            yb = torch.from_numpy(y_ep[idx]).to(device)
+            with _autocast(device, use_amp):
+                from medcls.models import model_loss
+
+                loss = model_loss(model(xb), yb, criterion)
+                if cfg.semi in ("fixmatch", "meanteacher") and len(x_u):
+                    uidx = np.sort(torch.randint(0, len(x_u), (min(len(x_u), 2 * len(idx)),), generator=gen).numpy())
+                    ub = _to_device_batch(x_u, uidx, device)
+                    loss = loss + _unsupervised_loss(cfg.semi, model, teacher, ub, norm, weak, strong, gen,
+                                                     sched.last_epoch, total)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            if teacher is not None:
+                _ema(teacher, model, 0.99)
+            seen += len(idx)
+            loss_sum += float(loss.detach()) * len(idx)
+            loss_n += len(idx)
+            bar.update(len(idx))
+            bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+        bar.close()
+        secs = time.perf_counter() - t0
+        eval_model = teacher if teacher is not None else model
+        pv = predict_items(eval_model, val.x, norm, device, task, amp=cfg.amp)
+        pv_s, yv_s = aggregate(pv, val.sample, val.y)
+        from medcls.evaluate.metrics import auc_score
+
+        val_auc = auc_score(yv_s, pv_s, task)
+        with torch.no_grad():
+            lv = _val_loss(pv_s, yv_s, task)
+        val_acc = float(((pv_s >= 0.5) == (yv_s > 0.5)).mean()) if task == "multilabel" else float((pv_s.argmax(1) == yv_s).mean())
+        improved = val_auc == val_auc and val_auc > best_auc
+        row = {"epoch": epoch + 1, "train_loss": round(loss_sum / max(1, loss_n), 6), "val_loss": round(lv, 6),
+               "val_auc": round(val_auc, 6), "val_acc": round(val_acc, 6), "lr": sched.get_last_lr()[0],
+               "seconds": round(secs, 2), "images_per_s": round(seen / secs, 1)}
+        history.append(row)
+        save_weights(model, run.last)  # what training continues from
+        if improved:
+            best_auc, bad_epochs = val_auc, 0
+            save_weights(eval_model, run.best)
+        else:
+            bad_epochs += 1
+        keys = list(row.keys())
+        state = {"epoch": torch.tensor(epoch + 1), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                 "best_auc": torch.tensor(best_auc, dtype=torch.float64), "bad_epochs": torch.tensor(bad_epochs),
+                 "history": torch.tensor([[float(r[kk]) for kk in keys] for r in history], dtype=torch.float64),
+                 "history_keys": keys, "rng": rng_state()}
+        if teacher is not None:
+            state["teacher"] = teacher.state_dict()
+        if scaler.is_enabled():
+            state["scaler"] = scaler.state_dict()
+        save_state(run.state, state)
+        _history_write(run.history, history)
+        _log(f"epoch {epoch + 1:3d}/{epochs}  loss {row['train_loss']:.4f}  val_loss {lv:.4f}  "
+             f"val_auc {val_auc:.4f}  val_acc {val_acc:.4f}  {row['images_per_s']:.0f} img/s"
+             + ("  *" if improved else ""))
+    if not run.best.is_file():
+        save_weights(teacher if teacher is not None else model, run.best)
+    if evaluate_at_end:
+        from medcls.evaluate import evaluate_run
+
+        evaluate_run(run.root, splits=("val", "test"))
+    return run.root
+
+
+def _val_loss(p: np.ndarray, y: np.ndarray, task: str) -> float:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    if task == "multilabel":
+        return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+    return float(-np.log(p[np.arange(len(y)), y]).mean())
+
+
+@torch.no_grad()
+def _ema(teacher: nn.Module, student: nn.Module, decay: float) -> None:
+    for t, s in zip(teacher.parameters(), student.parameters()):
+        t.mul_(decay).add_(s.detach(), alpha=1 - decay)
+    for t, s in zip(teacher.buffers(), student.buffers()):
+        t.copy_(s)
+
+
+def _unsupervised_loss(method, model, teacher, ub, norm, weak, strong, gen, step, total_steps) -> torch.Tensor:
+    """FixMatch (Sohn et al. 2020) or mean teacher (Tarvainen & Valpola 2017) loss on an unlabelled batch."""
+    from medcls.models import AuxOutputs
+
+    def logits(m, x):
+        out = m(x)
+        return out.logits if isinstance(out, AuxOutputs) else out
+
+    if method == "fixmatch":
+        with torch.no_grad():
+            p = torch.softmax(logits(model, norm(weak(ub, gen))).float(), 1)
+            conf, pseudo = p.max(1)
+            mask = (conf >= 0.95).float()
+        ls = F.cross_entropy(logits(model, norm(strong(ub, gen))).float(), pseudo, reduction="none")
+        return (ls * mask).mean()
+    # mean teacher: consistency between student and EMA teacher under different noise
+    ramp = math.exp(-5 * (1 - min(1.0, step / max(1, 0.3 * total_steps))) ** 2)
+    with torch.no_grad():
+        pt = torch.softmax(logits(teacher.train(), norm(weak(ub, gen))).float(), 1)
+    ps = torch.softmax(logits(model, norm(weak(ub, gen))).float(), 1)
+    return 10.0 * ramp * F.mse_loss(ps, pt)

@@ -1,0 +1,172 @@
+"""Train -> evaluate -> predict through the CLI, on small real subsets."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import dcm, run_cli
+
+FAST = ["--model", "alexnet_onetower", "--epochs", "1", "--batch-size", "32", "--max-train-samples", "96",
+        "--init", "kaiming"]
+RUN_FILES = ["config.json", "best.safetensors", "last.safetensors", "state.pt", "history.csv", "metrics.json",
+             "roc.png", "confusion.png", "curves.png", "report.html"]
+METRIC_KEYS = {"acc", "auc", "auc_ci95", "sensitivity", "specificity", "f1", "confusion", "n"}
+
+
+def _check_run(run: Path, n_test: int | None = None):
+    for f in RUN_FILES:
+        assert (run / f).is_file(), f
+    m = json.loads((run / "metrics.json").read_text())
+    assert METRIC_KEYS <= set(m["test"]) and METRIC_KEYS <= set(m["val"])
+    assert 0 <= m["test"]["acc"] <= 1 and 0 <= m["test"]["auc"] <= 1
+    if n_test is not None:
+        assert m["test"]["n"] == n_test
+    state = torch.load(run / "state.pt", weights_only=True)  # no pickle code needed to read it
+    assert int(state["epoch"]) >= 1 and "rng" in state
+    assert not list(run.glob(".*.tmp"))
+    html = (run / "report.html").read_text()
+    assert "data:image/png;base64" in html and "AUC" in html
+    return m
+
+
+@pytest.mark.parametrize("name,n_test,extra", [
+    ("pneumoniamnist", 624, []),
+    ("breastmnist", 156, []),
+    ("adrenalmnist3d", 298, ["--volume-mode", "2.5d"]),
+])
+def test_medmnist_round_trip(name, n_test, extra, medmnist_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    rc, out, err = run_cli(["train", "--data", name, "--data-dir", medmnist_dir, "--out", run, *FAST, *extra], capsys)
+    assert rc == 0, err
+    assert "test: ACC" in out and "report.html" in out
+    m = _check_run(run, n_test)
+    rc, out, _ = run_cli(["evaluate", run, "--split", "test"], capsys)
+    assert rc == 0 and json.loads((run / "metrics.json").read_text())["test"]["auc"] == pytest.approx(m["test"]["auc"])
+    # predict on real files of the modality
+    z = np.load(medmnist_dir / f"{name}.npz")
+    if name.endswith("3d"):
+        import nibabel as nib
+
+        nib.save(nib.Nifti1Image(z["test_images"][0].astype(np.float32).T, np.eye(4)), tmp_path / "vol.nii.gz")
+        files = [tmp_path / "vol.nii.gz", dcm("CT_small.dcm")]
+    else:
+        Image.fromarray(z["test_images"][0]).save(tmp_path / "a.png")
+        real = {"pneumoniamnist": "RG1_UNCI.dcm", "breastmnist": "US1_UNCR.dcm"}[name]  # CR chest, ultrasound
+        files = [tmp_path / "a.png", dcm(real)]
+    (tmp_path / "bad.dcm").write_bytes(b"DICM but not really")
+    rc, out, err = run_cli(["predict", run, *files, tmp_path / "bad.dcm", "--json"], capsys)
+    recs = json.loads(out)
+    assert rc == 2 and "bad.dcm" in err and len(recs) == 2
+    names = json.loads((run / "config.json").read_text())["data"]["class_names"]
+    for r in recs:
+        assert r["class"] in names and sum(r["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+    if name.endswith("3d"):
+        assert recs[0]["items"] == 28 and len(recs[0]["per_item"]) == 28
+
+
+def test_predict_png_equals_training_input(medmnist_dir, tmp_path, capsys):
+    """A MedMNIST test image saved as PNG gets the probabilities the test split got."""
+    run = tmp_path / "run"
+    rc, _, err = run_cli(["train", "--data", "breastmnist", "--data-dir", medmnist_dir, "--out", run, *FAST], capsys)
+    assert rc == 0, err
+    from medcls.data import load_dataset
+    from medcls.runs import load_run
+
+    r = load_run(run)
+    ds = load_dataset(medmnist_dir / "breastmnist.npz")
+    probs, _ = r.sample_probs(ds, "test")
+    x, _ = ds.split("test")
+    Image.fromarray(x[3, 0]).save(tmp_path / "t3.png")
+    pred = r.predict_files([tmp_path / "t3.png"])[0]
+    np.testing.assert_allclose(pred.probs, probs[3], atol=1e-5)
+
+
+def _real_pngs(medmnist_dir, root: Path, n=20):
+    z = np.load(medmnist_dir / "pneumoniamnist.npz")
+    x, y = z["train_images"], z["train_labels"].ravel()
+    out = []
+    for cls, name in [(0, "normal"), (1, "pneumonia")]:
+        for i in np.flatnonzero(y == cls)[:n]:
+            p = root / name / f"{i}.png"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(x[i]).save(p)
+            out.append((p, name))
+    return out
+
+
+def test_folder_and_csv_datasets(medmnist_dir, tmp_path, capsys):
+    files = _real_pngs(medmnist_dir, tmp_path / "folder")
+    rc, _, err = run_cli(["train", "--data", tmp_path / "folder", "--size", "32", "--out", tmp_path / "r1", *FAST], capsys)
+    assert rc == 0, err
+    _check_run(tmp_path / "r1")
+    (tmp_path / "m.csv").write_text("path,label\n" + "\n".join(f"{p},{n}" for p, n in files))
+    rc, _, err = run_cli(["train", "--data", tmp_path / "m.csv", "--size", "32", "--out", tmp_path / "r2", *FAST], capsys)
+    assert rc == 0, err
+    m = _check_run(tmp_path / "r2")
+    n_train = json.loads((tmp_path / "r2" / "config.json").read_text())["data"]["n_train_labelled"]
+    assert n_train + m["val"]["n"] + m["test"]["n"] == len(files)  # every file in exactly one split
+    rc, out, _ = run_cli(["predict", tmp_path / "r2", tmp_path / "folder" / "normal", "--json"], capsys)
+    assert rc == 0 and len(json.loads(out)) == 20
+
+
+def test_multilabel_csv(medmnist_dir, tmp_path, capsys):
+    files = _real_pngs(medmnist_dir, tmp_path / "imgs")
+    rows = [f"{p},{'opacity|effusion' if k % 3 == 0 else ('opacity' if n == 'pneumonia' else 'effusion')}"
+            for k, (p, n) in enumerate(files)]
+    (tmp_path / "ml.csv").write_text("path,label\n" + "\n".join(rows))
+    run = tmp_path / "run"
+    rc, out, err = run_cli(["train", "--data", tmp_path / "ml.csv", "--size", "28", "--out", run, *FAST], capsys)
+    assert rc == 0, err
+    m = _check_run(run)
+    assert set(m["test"]["per_class"]) == {"effusion", "opacity"} and "auc" in m["test"]["per_class"]["opacity"]
+    rc, out, _ = run_cli(["predict", run, files[0][0], "--json"], capsys)
+    rec = json.loads(out)[0]
+    assert isinstance(rec["class"], list) and set(rec["probabilities"]) == {"effusion", "opacity"}
+
+
+def _train_cmd(out: Path, medmnist_dir: Path, epochs: int) -> list[str]:
+    return [sys.executable, "-m", "medcls.cli", "train", "--data", "pneumoniamnist", "--data-dir", str(medmnist_dir),
+            "--out", str(out), "--model", "alexnet_onetower", "--epochs", str(epochs), "--batch-size", "32",
+            "--max-train-samples", "480", "--init", "kaiming", "--seed", "3"]
+
+
+@pytest.mark.slow
+def test_resume_after_kill_equals_uninterrupted(medmnist_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    full = tmp_path / "full"
+    subprocess.run(_train_cmd(full, medmnist_dir, 3), check=True, env=env, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(killed, medmnist_dir, 3), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        h = killed / "history.csv"
+        if h.is_file() and len(h.read_text().strip().splitlines()) >= 2:  # epoch 1 checkpointed
+            break
+        time.sleep(0.05)
+    time.sleep(1.0)  # well inside epoch 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    hist = (killed / "history.csv").read_text().strip().splitlines()
+    assert len(hist) == 2, "the kill must land in epoch 2"
+    r = subprocess.run([sys.executable, "-m", "medcls.cli", "train", "--resume", str(killed)], env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stdout
+    a, b = load_file(full / "last.safetensors"), load_file(killed / "last.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    ma, mb = (json.loads((d / "metrics.json").read_text())["test"] for d in (full, killed))
+    assert ma["auc"] == mb["auc"] and ma["acc"] == mb["acc"]
