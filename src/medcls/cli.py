@@ -330,17 +330,60 @@ def _is_series(p: Path) -> bool:
     return bool(files) and sum(is_dicom(f) for f in files[:20]) >= max(1, min(len(files), 20) // 2)
 
 
+# ---------------------------------------------------------------- unsupervised / ensembles
+
+@app.command()
+def cluster(data: str = typer.Option(..., "--data", help="Dataset (as for train)."),
+            features: str = typer.Option("hog", "--features", help="hog | ssl | cnn:RUN"),
+            out: Path = typer.Option(..., "--out", help="Output folder."),
+            k: Optional[int] = typer.Option(None, "--k", help="Clusters (default: number of classes)."),
+            method: str = typer.Option("kmeans", "--method", help="kmeans | gmm"),
+            embedding: str = typer.Option("pca", "--embedding", help="2-D plot: pca | tsne | umap"),
+            split: str = typer.Option("train", "--split"),
+            max_samples: int = typer.Option(2000, "--max-samples", help="Cluster a random subset of this size."),
+            ssl_epochs: int = typer.Option(5, "--ssl-epochs", help="SimCLR pretraining epochs (--features ssl)."),
+            data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
+            seed: int = typer.Option(0, "--seed")) -> None:
+    """k-means / GMM on features; NMI, ARI and purity against the labels; a 2-D embedding plot."""
+    from medcls.train.cluster import cluster_dataset
+
+    r = cluster_dataset(data, features, out, k=k, method=method, embedding=embedding, split=split,
+                        max_samples=max_samples, data_dir=str(data_dir) if data_dir else None,
+                        ssl_epochs=ssl_epochs, seed=seed, log=typer.echo)
+    scores = f"  NMI {r['nmi']:.3f}  ARI {r['ari']:.3f}  purity {r['purity']:.3f}" if "nmi" in r else ""
+    typer.echo(f"{r['data']} {r['split']}: {r['method']} k={r['k']} on {r['features']} ({r['n']} samples){scores}")
+    typer.echo(f"wrote {out / 'cluster.json'}, {out / 'embedding_clusters.png'}")
+
+
+@app.command()
+def ensemble(runs: list[Path] = typer.Argument(..., help="Run folders trained on the same classes."),
+             out: Path = typer.Option(..., "--out", help="Ensemble run folder."),
+             data: Optional[str] = typer.Option(None, "--data", help="Evaluate on this dataset instead.")) -> None:
+    """Average the probabilities of several runs and evaluate like any run."""
+    from medcls.runs import make_ensemble
+
+    make_ensemble(runs, out, data)
+    _print_metrics(out)
+
+
 # ---------------------------------------------------------------- demo
 
 @app.command()
 def demo(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where MedMNIST files are."),
-         dataset: str = typer.Option("pneumoniamnist", "--data", help="Default dataset.")) -> None:
-    """Read the default MedMNIST set and real DICOMs, and show what was found."""
+         dataset: str = typer.Option("pneumoniamnist", "--data", help="Default dataset."),
+         model: str = typer.Option("vgg11_bn", "--model"),
+         epochs: int = typer.Option(2, "--epochs"),
+         max_train_samples: Optional[int] = typer.Option(None, "--max-train-samples"),
+         out: Path = typer.Option(Path("runs/demo"), "--out")) -> None:
+    """The main job: read real files, train the default model on PneumoniaMNIST, evaluate, show how to predict."""
+    from PIL import Image
     from rich.console import Console
 
     from medcls.data import load_dataset
     from medcls.io import read
     from medcls.io.samples import DEMO_FILES, sample_dicoms
+    from medcls.train.config import TrainConfig
+    from medcls.train.engine import fit
 
     c = Console(width=160)
     ds = load_dataset(dataset, data_dir=data_dir)
@@ -354,8 +397,16 @@ def demo(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where
         except ReadError as exc:
             _err(str(exc))
     _print_info_table(recs)
-    c.print("\nNext: [bold]medcls info FILE[/bold] on your own DICOM/NIfTI/PNG files, "
-            "[bold]medcls data PATH[/bold] on a class folder or CSV manifest.")
+    c.print(f"\n[bold]Training[/bold] {model} on {ds.name} for {epochs} epoch(s) on this machine's CPU/GPU...")
+    cfg = TrainConfig(data=dataset, model=model, out=str(out), data_dir=str(data_dir) if data_dir else None,
+                      epochs=epochs, max_train_samples=max_train_samples)
+    root = fit(cfg)
+    _print_metrics(root)
+    x, _ = ds.split("test")
+    example = root / "example_test_image.png"
+    Image.fromarray(x[0, 0] if x.ndim == 4 else x[0]).save(example)
+    c.print(f"\nPredict on any PNG/DICOM/NIfTI file:  [bold]medcls predict {root} {example}[/bold]")
+    c.print("Your own data: [bold]medcls train --data PATH_OR_CSV --model vgg16_bn --out runs/mine[/bold]")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -190,3 +190,26 @@ class EnsembleRun(_Run):
             items = np.mean([p.item_probs for p in preds], 0) if len({p.item_probs.shape for p in preds}) == 1 else preds[0].item_probs
             out.append(FilePrediction(preds[0].path, np.mean([p.probs for p in preds], 0), items))
         return out
+
+
+def make_ensemble(members: list[str | Path], out: str | Path, data: str | None = None) -> Path:
+    """Create an ensemble run that averages the members' probabilities, and evaluate it."""
+    from medcls import __version__
+    from medcls._atomic import write_json
+    from medcls.evaluate import evaluate_run
+
+    if len(members) < 2:
+        raise MedclsError("an ensemble needs at least two runs")
+    metas = [_read_meta(Path(m)) for m in members]
+    first = metas[0]["data"]
+    for m, meta in zip(members, metas):
+        if meta["data"]["class_names"] != first["class_names"] or meta["data"]["task"] != first["task"]:
+            raise MedclsError(f"{m}: its classes {meta['data']['class_names']} differ from {first['class_names']}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"version": __version__, "kind": "ensemble", "members": [str(Path(m).resolve()) for m in members],
+            "data": first, "train": metas[0]["train"],
+            "member_models": [m.get("model", {}).get("name") or m.get("classifier") for m in metas]}
+    write_json(out / "config.json", meta)
+    evaluate_run(out, data=data, splits=("val", "test"))
+    return out

@@ -42,6 +42,13 @@ def test_data_summary_json(medmnist_dir, capsys):
     assert s["image_size"] == [28, 28]
 
 
-def test_demo(medmnist_dir, capsys):
-    rc, out, err = run_cli(["demo", "--data-dir", medmnist_dir], capsys)
-    assert rc == 0 and "pneumoniamnist" in out and "HU" in out and err == ""
+def test_demo_trains_evaluates_and_shows_predict(medmnist_dir, tmp_path, capsys):
+    run = tmp_path / "demo"
+    rc, out, err = run_cli(["demo", "--data-dir", medmnist_dir, "--model", "alexnet_onetower", "--epochs", "1",
+                            "--max-train-samples", "128", "--out", run], capsys)
+    assert rc == 0, err
+    assert "pneumoniamnist" in out and "HU" in out and "test: ACC" in out
+    assert str(run / "report.html") in out and f"medcls predict {run}" in out
+    example = run / "example_test_image.png"
+    rc, out, _ = run_cli(["predict", run, example, "--json"], capsys)
+    assert rc == 0 and json.loads(out)[0]["class"] in ("normal", "pneumonia")

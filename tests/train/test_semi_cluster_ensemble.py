@@ -1,0 +1,95 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from medcls.train.ssl import nt_xent
+from tests.conftest import run_cli
+
+TINY = ["--model", "alexnet_onetower", "--batch-size", "32", "--max-train-samples", "320", "--init", "kaiming"]
+
+
+@pytest.mark.parametrize("method", ["pseudo", "fixmatch", "meanteacher"])
+def test_semi_supervised_runs_and_reports(method, medmnist_dir, tmp_path, capsys):
+    run = tmp_path / method
+    rc, out, err = run_cli(["train", "--data", "pneumoniamnist", "--data-dir", medmnist_dir, "--out", run,
+                            "--labelled-fraction", "0.1", "--semi", method, "--epochs", "2", *TINY], capsys)
+    assert rc == 0, err
+    assert f"({method})" in out and "test: ACC" in out
+    meta = json.loads((run / "config.json").read_text())
+    assert meta["train"]["semi"] == method
+    lab, unl = meta["data"]["n_train_labelled"], meta["data"]["n_train_unlabelled"]
+    assert lab + unl == 320 and lab == pytest.approx(32, abs=2)  # 10 % per class, rounded
+    m = json.loads((run / "metrics.json").read_text())
+    assert 0 <= m["test"]["auc"] <= 1
+
+
+def test_labelled_fraction_without_semi_uses_only_labelled(medmnist_dir, tmp_path, capsys):
+    run = tmp_path / "sup"
+    rc, out, err = run_cli(["train", "--data", "breastmnist", "--data-dir", medmnist_dir, "--out", run,
+                            "--labelled-fraction", "0.05", "--epochs", "1", *TINY], capsys)
+    assert rc == 0, err
+    meta = json.loads((run / "config.json").read_text())
+    assert meta["data"]["n_train_unlabelled"] == 0 and meta["data"]["n_train_labelled"] < 30
+
+
+def test_nt_xent_prefers_matching_pairs():
+    torch.manual_seed(0)
+    z = torch.randn(8, 16)
+    assert nt_xent(z, z + 0.01 * torch.randn(8, 16)) < nt_xent(z, torch.randn(8, 16))
+
+
+@pytest.mark.parametrize("features", ["hog", "ssl"])
+def test_cluster_reports_scores(features, medmnist_dir, tmp_path, capsys):
+    out = tmp_path / features
+    rc, text, err = run_cli(["cluster", "--data", "breastmnist", "--data-dir", medmnist_dir, "--features", features,
+                             "--out", out, "--max-samples", "200", "--ssl-epochs", "1", "--method",
+                             "gmm" if features == "ssl" else "kmeans"], capsys)
+    assert rc == 0, err
+    r = json.loads((out / "cluster.json").read_text())
+    assert r["n"] == 200 and r["k"] == 2 and sum(r["cluster_sizes"]) == 200
+    assert 0 <= r["nmi"] <= 1 and -1 <= r["ari"] <= 1 and 0.5 <= r["purity"] <= 1
+    assert (out / "embedding_clusters.png").stat().st_size > 1000 and (out / "embedding_labels.png").is_file()
+    lines = (out / "assignments.csv").read_text().strip().splitlines()
+    assert len(lines) == 201
+
+
+def test_purity_definition():
+    from medcls.train.cluster import purity
+
+    y = np.array([0, 0, 1, 1, 1, 0])
+    c = np.array([1, 1, 0, 0, 1, 1])  # cluster 1: labels 0,0,1,0 -> 3; cluster 0: 1,1 -> 2
+    assert purity(y, c) == pytest.approx(5 / 6)
+
+
+def test_cluster_on_trained_cnn_and_ensemble(medmnist_dir, tmp_path, capsys):
+    runs = []
+    for i, model in enumerate(["alexnet_onetower", "alexnet"]):
+        run = tmp_path / f"r{i}"
+        rc, _, err = run_cli(["train", "--data", "breastmnist", "--data-dir", medmnist_dir, "--out", run,
+                              "--model", model, "--epochs", "1", "--batch-size", "32", "--max-train-samples", "96",
+                              "--init", "kaiming", "--seed", str(i)], capsys)
+        assert rc == 0, err
+        runs.append(run)
+    rc, _, err = run_cli(["cluster", "--data", "breastmnist", "--features", f"cnn:{runs[0]}", "--out",
+                          tmp_path / "c", "--max-samples", "120"], capsys)
+    assert rc == 0, err
+    assert json.loads((tmp_path / "c" / "cluster.json").read_text())["feature_dim"] == 4096
+    rc, out, err = run_cli(["ensemble", *runs, "--out", tmp_path / "ens"], capsys)
+    assert rc == 0, err
+    assert "test: ACC" in out
+    from medcls.data import load_dataset
+    from medcls.runs import load_run
+
+    ds = load_dataset(medmnist_dir / "breastmnist.npz")
+    members = [load_run(r).sample_probs(ds, "test")[0] for r in runs]
+    ens, y = load_run(tmp_path / "ens").sample_probs(ds, "test")
+    np.testing.assert_allclose(ens, np.mean(members, 0), atol=1e-6)
+    m = json.loads((tmp_path / "ens" / "metrics.json").read_text())
+    from sklearn.metrics import roc_auc_score
+
+    assert m["test"]["auc"] == pytest.approx(roc_auc_score(y, ens[:, 1]))
+    assert (tmp_path / "ens" / "report.html").is_file()
+    rc, _, err = run_cli(["ensemble", runs[0], "--out", tmp_path / "bad"], capsys)
+    assert rc == 2 and "at least two" in err
