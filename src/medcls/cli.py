@@ -330,6 +330,37 @@ def _is_series(p: Path) -> bool:
     return bool(files) and sum(is_dicom(f) for f in files[:20]) >= max(1, min(len(files), 20) // 2)
 
 
+@app.command()
+def classical(data: str = typer.Option(..., "--data", help="Dataset (as for train)."),
+              features: str = typer.Option("hog", "--features", help="hog | sift | stats, combined with +"),
+              classifier: str = typer.Option("all", "--classifier", help="bayes | svm | tree | knn | forest | all"),
+              out: Path = typer.Option(..., "--out", help="Run folder."),
+              size: Optional[int] = typer.Option(None, "--size"),
+              data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
+              quick: bool = typer.Option(False, "--quick", help="Smoke run: 300 training images, one grid point."),
+              seed: int = typer.Option(0, "--seed")) -> None:
+    """Features + a scikit-learn classifier; the same metrics, plots and report as train."""
+    from medcls.classical import run_classical
+
+    best = run_classical(data, features=features, classifier=classifier, out=out, size=size,
+                         data_dir=str(data_dir) if data_dir else None, seed=seed, quick=quick, log=typer.echo)
+    table = json.loads((out / "comparison.json").read_text())
+    if len(table) > 1:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title=f"{features} features, test split")
+        for c in ("classifier", "CV AUC", "val AUC", "test AUC", "test ACC", "fit s"):
+            t.add_column(c, justify="left" if c == "classifier" else "right")
+        for r in table:
+            t.add_row(r["classifier"] + (" *" if r["classifier"] == best else ""), f"{r['cv_auc']:.4f}",
+                      f"{r.get('val_auc', float('nan')):.4f}", f"{r.get('test_auc', float('nan')):.4f}",
+                      f"{r.get('test_acc', float('nan')):.4f}", f"{r['fit_seconds']:.0f}")
+        Console(width=120).print(t)
+        typer.echo(f"* chosen on the validation split: {best}")
+    _print_metrics(out)
+
+
 # ---------------------------------------------------------------- unsupervised / ensembles
 
 @app.command()

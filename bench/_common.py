@@ -1,0 +1,44 @@
+"""Shared helpers for the bench scripts: machine description, published rows, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+REFERENCE = HERE.parent.parent / "shared" / "reference" / "published_results.json"
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": n, "gpu": gpu, "python": sys.version.split()[0], "torch": torch.__version__,
+            "platform": platform.platform()}
+
+
+def published() -> dict:
+    if not REFERENCE.is_file():
+        return {}
+    return json.loads(REFERENCE.read_text())
+
+
+def write_results(name: str, payload: dict) -> Path:
+    from medcls._atomic import write_json
+
+    out = RESULTS / f"{name}.json"
+    write_json(out, payload)
+    return out

@@ -1,0 +1,159 @@
+"""Accuracy on the official MedMNIST test splits, beside the published tables.
+
+    python bench/accuracy.py                 # full: default settings, may take an hour+ on 2 cores
+    python bench/accuracy.py --quick         # smoke run in a few minutes
+    python bench/accuracy.py --datasets pneumoniamnist --methods vgg11_bn --seeds 0 1 2
+
+Every row of ours is trained and evaluated by this script in this run (with
+`medcls train` defaults unless --quick); published rows come from
+../shared/reference/published_results.json with their sources. Runs whose test
+ACC equals the majority-class rate (a collapsed model) are flagged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, machine, published, write_results  # noqa: E402
+
+CNN = {"alexnet": "AlexNet", "vgg11_bn": "VGG-11 (BN)", "googlenet": "GoogLeNet"}
+DATASETS = ("pneumoniamnist", "breastmnist", "adrenalmnist3d")
+
+
+def majority_rate(name: str, data_dir) -> float:
+    from medcls.data import load_dataset
+
+    ds = load_dataset(name, data_dir=data_dir)
+    _, y = ds.split("test")
+    return float(np.bincount(y).max() / len(y))
+
+
+def run_cnn(model: str, data: str, seed: int, quick: bool, work: Path, data_dir) -> dict:
+    from medcls.train.config import TrainConfig
+    from medcls.train.engine import fit
+
+    out = work / f"{data}-{model}-s{seed}"
+    shutil.rmtree(out, ignore_errors=True)
+    kw = dict(epochs=1, max_train_samples=256) if quick else {}
+    cfg = TrainConfig(data=data, model=model, out=str(out), seed=seed, data_dir=data_dir, **kw)
+    t0 = time.perf_counter()
+    fit(cfg)
+    secs = time.perf_counter() - t0
+    m = json.loads((out / "metrics.json").read_text())["test"]
+    return {"run": str(out), "acc": m["acc"], "auc": m["auc"], "auc_ci95": m["auc_ci95"], "seconds": round(secs, 1),
+            "epochs": json.loads((out / "config.json").read_text())["train"]["epochs_resolved"]}
+
+
+def run_classical(data: str, quick: bool, work: Path, data_dir) -> dict | None:
+    try:
+        from medcls.classical import run_classical as _run
+    except ImportError:
+        return None
+    out = work / f"{data}-classical"
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    best = _run(data, features="hog+stats", classifier="all", out=out, data_dir=data_dir, quick=quick, log=lambda *_: None)
+    secs = time.perf_counter() - t0
+    m = json.loads((out / "metrics.json").read_text())["test"]
+    return {"run": str(out), "acc": m["acc"], "auc": m["auc"], "auc_ci95": m["auc_ci95"], "seconds": round(secs, 1),
+            "classifier": best}
+
+
+def run_ensemble(runs: list[str], data: str, work: Path) -> dict:
+    from medcls.runs import make_ensemble
+
+    out = work / f"{data}-ensemble"
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    make_ensemble(runs, out)
+    m = json.loads((out / "metrics.json").read_text())["test"]
+    return {"run": str(out), "acc": m["acc"], "auc": m["auc"], "auc_ci95": m["auc_ci95"],
+            "seconds": round(time.perf_counter() - t0, 1), "members": runs}
+
+
+def summarise(rows: list[dict]) -> dict:
+    acc = [r["acc"] for r in rows]
+    auc = [r["auc"] for r in rows]
+    return {"acc_mean": float(np.mean(acc)), "acc_sd": float(np.std(acc, ddof=1)) if len(acc) > 1 else 0.0,
+            "auc_mean": float(np.mean(auc)), "auc_sd": float(np.std(auc, ddof=1)) if len(auc) > 1 else 0.0,
+            "seconds_mean": float(np.mean([r["seconds"] for r in rows])), "runs": rows}
+
+
+def reference_rows(pub: dict, data: str) -> list[dict]:
+    rows = []
+    for block in ("medmnist_v2_2d", "medmnist_v2_3d", "medmnist_plus"):
+        b = pub.get(block, {})
+        for method, (auc, acc) in b.get(data, {}).items():
+            rows.append({"method": method, "auc": auc, "acc": acc, "source": b.get("source", block)})
+    if data == "pneumoniamnist" and "kermany_2018" in pub:
+        k = pub["kermany_2018"]["pneumonia_vs_normal"]
+        rows.append({"method": "Kermany et al. 2018 (Inception-v3, full resolution)", "auc": k["auc"],
+                     "acc": k["acc"], "source": pub["kermany_2018"]["source"]})
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="1 epoch on 256 images per run: a smoke test")
+    ap.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    ap.add_argument("--methods", nargs="+", default=["classical", *CNN, "ensemble"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--work", default=None, help="where run folders go (default: a temp folder)")
+    ap.add_argument("--name", default=None, help="results file name (default accuracy / accuracy_quick)")
+    a = ap.parse_args(argv)
+    import tempfile
+
+    work = Path(a.work or tempfile.mkdtemp(prefix="medcls-bench-"))
+    pub = published()
+    majority = pub.get("majority_class_rates", {})
+    results = {"machine": machine(), "quick": a.quick, "command": "python bench/accuracy.py " + " ".join(argv or sys.argv[1:]),
+               "datasets": {}}
+    for data in a.datasets:
+        maj = majority.get(data) or majority_rate(data, a.data_dir)
+        ours: dict[str, dict] = {}
+        for method in a.methods:
+            if method == "classical":
+                r = run_classical(data, a.quick, work, a.data_dir)
+                if r is not None:
+                    ours["Classical (best of 5, HOG+stats)"] = summarise([r])
+            elif method in CNN:
+                rows = [run_cnn(method, data, s, a.quick, work, a.data_dir) for s in a.seeds]
+                ours[CNN[method]] = summarise(rows)
+        if "ensemble" in a.methods:
+            members = [ours[CNN[m]]["runs"][0]["run"] for m in CNN if m in a.methods and CNN[m] in ours]
+            if len(members) >= 2:
+                ours["Ensemble of the CNNs"] = summarise([run_ensemble(members, data, work)])
+        for s in ours.values():
+            s["collapsed"] = bool(any(abs(r["acc"] - maj) < 1e-9 for r in s["runs"]))
+        results["datasets"][data] = {"majority_rate": maj, "ours": ours, "published": reference_rows(pub, data)}
+        _print_table(data, results["datasets"][data])
+    out = write_results(a.name or ("accuracy_quick" if a.quick else "accuracy"), results)
+    print(f"\nwrote {out}")
+    return 0
+
+
+def _print_table(data: str, d: dict) -> None:
+    print(f"\n## {data}  (majority-class ACC {d['majority_rate']:.4f})")
+    print(f"{'method':55s} {'AUC':>14s} {'ACC':>14s} {'time':>8s}")
+    for name, s in d["ours"].items():
+        sd = lambda v: f" ±{v:.3f}" if len(s["runs"]) > 1 else ""  # noqa: E731
+        flag = "  COLLAPSED (majority class)" if s["collapsed"] else ""
+        print(f"{'ours: ' + name:55s} {s['auc_mean']:8.3f}{sd(s['auc_sd']):6s} {s['acc_mean']:8.3f}{sd(s['acc_sd']):6s}"
+              f" {s['seconds_mean']:7.0f}s{flag}")
+    for r in d["published"]:
+        auc = "-" if r["auc"] is None else f"{r['auc']:.3f}"
+        acc = "-" if r["acc"] is None else f"{r['acc']:.3f}"
+        print(f"{'published: ' + r['method']:55s} {auc:>8s}       {acc:>8s}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
