@@ -19,7 +19,7 @@ IMAGE_SUFFIXES = {".dcm", ".dicom", ".nii", ".gz", ".png", ".jpg", ".jpeg", ".ti
 
 
 def detect_format(path: str | Path) -> str:
-    """Name the reader for a path: dicom, dicom-series, nifti, raster or npz.
+    """Name the reader for a path: dicom (dicom-raw without preamble), dicom-series, nifti, raster or npz.
 
     Raises:
         ReadError: missing, empty or unsupported file.
@@ -54,7 +54,7 @@ def detect_format(path: str | Path) -> str:
     if len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00", b"n+2\x00"):
         return "nifti"
     if p.suffix.lower() in (".dcm", ".dicom", ".ima", "") and is_dicom_without_preamble(p):
-        return "dicom"
+        return "dicom-raw"  # no 128-byte preamble / DICM marker: parse with force
     raise ReadError(p, "unsupported file type (expected DICOM, NIfTI, PNG/JPEG/TIFF or MedMNIST .npz)")
 
 
@@ -90,10 +90,10 @@ def read(path: str | Path, *, apply_voi: bool = False, series_uid: str | None = 
             the message names the file and the problem.
     """
     fmt = detect_format(path)
-    if fmt == "dicom":
+    if fmt in ("dicom", "dicom-raw"):
         from medcls.io.dicom import read_dicom
 
-        return read_dicom(path, apply_voi=apply_voi)
+        return read_dicom(path, apply_voi=apply_voi, force=fmt == "dicom-raw")
     if fmt == "dicom-series":
         from medcls.io.series import read_series
 

@@ -59,6 +59,20 @@ class TrainConfig:
         if (self.epochs is not None and self.epochs < 1) or self.batch_size < 1:
             raise MedclsError("--epochs and --batch-size must be at least 1")
 
+    @property
+    def model_args(self) -> dict:
+        """Model keyword arguments; AlexNet trains with He init unless told otherwise.
+
+        The paper's N(0, 0.01) weights with unit biases were tuned for 90 epochs of
+        SGD on ImageNet; from scratch with AdamW on a few thousand images they
+        train far slower (validation AUC 0.81 vs 0.99 for VGG after 2 epochs on
+        PneumoniaMNIST), so ``medcls train`` uses ``init="kaiming"`` by default.
+        """
+        kw = dict(self.model_kwargs)
+        if self.model.startswith("alexnet"):
+            kw.setdefault("init", "kaiming")
+        return kw
+
     def epochs_for(self, n_train_items: int) -> int:
         """``epochs``, or when auto: enough for ~20,000 images seen (4 to 100 epochs)."""
         if self.epochs is not None:

@@ -33,7 +33,8 @@ from medcls.train.checkpoint import load_state, load_weights, rng_state, save_st
 from medcls.train.config import TrainConfig
 from medcls.train.tensors import MODALITY_OF_FAMILY, TrainArrays, default_hflip, to_arrays
 
-__all__ = ["select_device", "fit", "predict_items", "aggregate", "build_model", "Normaliser", "RunPaths"]
+__all__ = ["select_device", "fit", "train_step", "predict_items", "aggregate", "build_model", "Normaliser",
+           "RunPaths"]
 
 
 def select_device(spec: str = "auto") -> torch.device:
@@ -253,7 +254,7 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
     norm = Normaliser.fit(x_l)
     channels, size = int(train.x.shape[1]), int(train.x.shape[-1])
 
-    model = build_model(cfg.model, k, channels, size, cfg.model_kwargs).to(device)
+    model = build_model(cfg.model, k, channels, size, cfg.model_args).to(device)
     model = model.to(memory_format=torch.channels_last)
     teacher = None
     if cfg.semi == "meanteacher":
@@ -301,7 +302,7 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
         "kind": "cnn",
         "train": cfg.to_dict(),
         "model": {"name": cfg.model, "num_outputs": k, "in_channels": channels, "input_size": size,
-                  "kwargs": cfg.model_kwargs},
+                  "kwargs": cfg.model_args},
         "data": {"name": ds.name, "source": ds.source, "task": task, "class_names": ds.class_names,
                  "modality": ds.modality, "is_volume": ds.is_volume, "volume_mode": cfg.volume_mode,
                  "volume_slices": cfg.volume_slices, "n_train_labelled": int(len(np.unique(train.sample[labelled]))),
@@ -363,22 +364,15 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
             idx = np.sort(order[i:i + cfg.batch_size])
             if len(idx) < 2 and i > 0:
                 continue  # BatchNorm needs two samples
-            xb = norm(aug(_to_device_batch(x_ep, idx, device), gen))
-            yb = torch.from_numpy(y_ep[idx]).to(device)
-            with _autocast(device, use_amp):
-                from medcls.models import model_loss
-
-                loss = model_loss(model(xb), yb, criterion)
-                if cfg.semi in ("fixmatch", "meanteacher") and len(x_u):
-                    uidx = np.sort(torch.randint(0, len(x_u), (min(len(x_u), 2 * len(idx)),), generator=gen).numpy())
-                    ub = _to_device_batch(x_u, uidx, device)
-                    loss = loss + _unsupervised_loss(cfg.semi, model, teacher, ub, norm, weak, strong, gen,
-                                                     sched.last_epoch, total)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
+            extra = None
+            if cfg.semi in ("fixmatch", "meanteacher") and len(x_u):
+                uidx = np.sort(torch.randint(0, len(x_u), (min(len(x_u), 2 * len(idx)),), generator=gen).numpy())
+                ub = _to_device_batch(x_u, uidx, device)
+                step_now = sched.last_epoch
+                extra = lambda: _unsupervised_loss(cfg.semi, model, teacher, ub, norm, weak,  # noqa: E731
+                                                   strong, gen, step_now, total)
+            loss = train_step(model, opt, sched, scaler, criterion, norm, aug, x_ep, y_ep, idx, device, use_amp,
+                              gen, extra)
             if teacher is not None:
                 _ema(teacher, model, 0.99)
             seen += len(idx)
@@ -429,6 +423,26 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
 
         evaluate_run(run.root, splits=("val", "test"))
     return run.root
+
+
+def train_step(model, opt, sched, scaler, criterion, norm, aug, x: np.ndarray, y: np.ndarray, idx: np.ndarray,
+               device: torch.device, use_amp: bool, gen: torch.Generator, extra_loss=None) -> torch.Tensor:
+    """One optimisation step on items ``idx`` of the in-memory uint8 arrays (what ``fit`` runs)."""
+    from medcls.models import model_loss
+
+    xb = norm(aug(_to_device_batch(x, idx, device), gen))
+    yb = torch.from_numpy(y[idx]).to(device)
+    with _autocast(device, use_amp):
+        loss = model_loss(model(xb), yb, criterion)
+        if extra_loss is not None:
+            loss = loss + extra_loss()
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    if sched is not None:
+        sched.step()
+    return loss
 
 
 def _val_loss(p: np.ndarray, y: np.ndarray, task: str) -> float:

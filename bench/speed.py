@@ -1,0 +1,304 @@
+"""Speed, measured side by side in one run on this machine.
+
+    python bench/speed.py            # full
+    python bench/speed.py --quick    # smoke run (about a minute)
+
+- training images/s: medcls's loop (uint8 arrays in memory, batched augmentation on
+  the device, channels_last; the very ``train_step`` that ``medcls train`` runs)
+  vs a plain PyTorch loop (DataLoader over the same arrays, torchvision per-image
+  transforms, default settings) on the same architecture — torchvision's own
+  model where it is identical (one-tower AlexNet, and VGG-11 at 224 px);
+- inference images/s (batch 256) and p50/p95 latency of one image;
+- achieved GFLOP/s (the models' own FLOP count x images/s; training counted as
+  3 x forward) against this machine's measured fp32 matmul peak;
+- DICOM reading: files/s through ``medcls.read`` vs ``pydicom.dcmread`` +
+  ``pixel_array`` on the real files of pydicom-data;
+- HOG features: images/s of ``HOGFeatures`` vs a per-image ``skimage.feature.hog`` loop.
+On a machine with CUDA the GPU table (AMP, channels_last, torch.compile) is added.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, write_results  # noqa: E402
+
+MODELS = {"alexnet": "alexnet_onetower", "vgg11": "vgg11", "googlenet": "googlenet"}
+
+
+def matmul_peak(device: torch.device, n: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    for _ in range(3):
+        a @ b
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _data(n: int, size: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    from medcls.data import load_dataset
+
+    try:
+        x, y = load_dataset("pneumoniamnist").split("train")
+        x, y = x[:n], y[:n]
+        if size != 28:
+            import torch.nn.functional as F
+
+            x = F.interpolate(torch.from_numpy(x).float(), size=(size, size), mode="bilinear").round().byte().numpy()
+    except Exception:
+        x, y = rng.integers(0, 256, (n, 1, size, size), dtype=np.uint8), rng.integers(0, 2, n)
+    return np.ascontiguousarray(x), y.astype(np.int64)
+
+
+def ours_train(name: str, x, y, batch: int, steps: int, device, amp=True, compile_=False) -> float:
+    from medcls.train.augment import Augment
+    from medcls.train.engine import Normaliser, build_model, train_step
+
+    model = build_model(name, 2, 1, x.shape[-1], {}).to(device).to(memory_format=torch.channels_last)
+    if compile_:
+        model = torch.compile(model)
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    crit = torch.nn.CrossEntropyLoss()
+    norm, aug = Normaliser.fit(x), Augment("light", False)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    gen = torch.Generator().manual_seed(0)
+    use_amp = amp and device.type == "cuda"
+    order = np.arange(len(y))
+    for i in range(steps + 1):
+        if i == 1:
+            _sync(device)
+            t = time.perf_counter()
+        idx = order[(i * batch) % len(y):][:batch]
+        train_step(model, opt, None, scaler, crit, norm, aug, x, y, idx, device, use_amp, gen)
+    _sync(device)
+    return steps * batch / (time.perf_counter() - t)
+
+
+def plain_train(name: str, x, y, batch: int, steps: int, device) -> float:
+    """What a user writes from the PyTorch tutorials: DataLoader + per-image torchvision transforms."""
+    import torchvision
+    from torch.utils.data import DataLoader, Dataset
+    from torchvision import transforms as T
+
+    from medcls.models import create_model, model_loss
+
+    size = x.shape[-1]
+    if name == "alexnet_onetower" and size >= 64:
+        model = torchvision.models.alexnet(num_classes=2)
+        model.features[0] = torch.nn.Conv2d(1, 64, 11, 4, 2) if size >= 160 else torch.nn.Conv2d(1, 64, 5, 2, 2)
+        src = "torchvision"
+    elif name == "vgg11" and size >= 224:
+        model = torchvision.models.vgg11(num_classes=2)
+        model.features[0] = torch.nn.Conv2d(1, 64, 3, padding=1)
+        src = "torchvision"
+    else:
+        model = create_model(name, num_classes=2, in_channels=1, input_size=size)
+        src = "medcls"
+    model = model.to(device)
+    tf = T.Compose([T.ToTensor(), T.RandomAffine(10, translate=(0.06, 0.06), scale=(0.92, 1.08)),
+                    T.Normalize([0.5], [0.25])])
+
+    class DS(Dataset):
+        def __len__(self):
+            return len(y)
+
+        def __getitem__(self, i):
+            return tf(x[i, 0]), int(y[i])
+
+    dl = DataLoader(DS(), batch_size=batch, shuffle=True)
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    crit = torch.nn.CrossEntropyLoss()
+    it = iter(dl)
+    for i in range(steps + 1):
+        if i == 1:
+            _sync(device)
+            t = time.perf_counter()
+        try:
+            xb, yb = next(it)
+        except StopIteration:
+            it = iter(dl)
+            xb, yb = next(it)
+        xb, yb = xb.to(device), yb.to(device)
+        model.train()
+        loss = model_loss(model(xb), yb, crit)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    _sync(device)
+    return steps * batch / (time.perf_counter() - t), src
+
+
+@torch.no_grad()
+def inference(name: str, size: int, device, batch: int, reps: int) -> tuple[float, float, float]:
+    from medcls.train.engine import build_model
+
+    model = build_model(name, 2, 1, size, {}).to(device).to(memory_format=torch.channels_last).eval()
+    xb = torch.randn(batch, 1, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    model(xb)
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(reps):
+        model(xb)
+    _sync(device)
+    ips = reps * batch / (time.perf_counter() - t)
+    one = xb[:1]
+    lat = []
+    for _ in range(max(5, reps * 3)):
+        t = time.perf_counter()
+        model(one)
+        _sync(device)
+        lat.append((time.perf_counter() - t) * 1000)
+    return ips, float(np.percentile(lat, 50)), float(np.percentile(lat, 95))
+
+
+def reading(quick: bool) -> dict:
+    import pydicom
+
+    from medcls.io import read
+    from medcls.io.samples import pydicom_data_dir, sample_dicoms
+
+    files = sorted(pydicom_data_dir().glob("*.dcm")) if pydicom_data_dir() else sample_dicoms()
+    ok = []
+    warnings.simplefilter("ignore")
+    for f in files:  # the files both readers decode
+        try:
+            read(f)
+            pydicom.dcmread(f).pixel_array
+            ok.append(f)
+        except Exception:
+            pass
+    if quick:
+        ok = ok[:15]
+    reps = 1 if quick else 3
+
+    def plain():
+        for f in ok:
+            pydicom.dcmread(f).pixel_array
+
+    def ours():
+        for f in ok:
+            read(f)
+
+    t_plain, t_ours = [], []
+    for _ in range(reps):  # interleaved, so drift in machine load hits both
+        t = time.perf_counter()
+        plain()
+        t_plain.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        ours()
+        t_ours.append(time.perf_counter() - t)
+    p, o = min(t_plain), min(t_ours)
+    return {"files": len(ok), "pydicom_files_per_s": len(ok) / p, "medcls_files_per_s": len(ok) / o,
+            "overhead_pct": (o / p - 1) * 100}
+
+
+def hog(quick: bool) -> dict:
+    from skimage.feature import hog as sk_hog
+
+    from medcls.features import HOGFeatures
+
+    x, _ = _data(600 if quick else 4708, 28)
+    imgs = x[:, 0].astype(np.float32) / 255.0
+    t = time.perf_counter()
+    ref = np.stack([sk_hog(i, orientations=9, pixels_per_cell=(7, 7), cells_per_block=(2, 2), block_norm="L2-Hys")
+                    for i in imgs])
+    plain = len(imgs) / (time.perf_counter() - t)
+    f = HOGFeatures().fit(x)
+    t = time.perf_counter()
+    ours = f.transform(x)
+    fast = len(imgs) / (time.perf_counter() - t)
+    assert np.allclose(ours, ref, atol=1e-6), "HOGFeatures must equal skimage's hog"
+    return {"images": len(imgs), "skimage_loop_images_per_s": plain, "medcls_images_per_s": fast, "ratio": fast / plain}
+
+
+def cnn_table(device, quick: bool, peak: float) -> list[dict]:
+    from medcls.models import model_stats
+
+    rows = []
+    sizes = (28, 64) if quick else (28, 64, 224)
+    for label, name in MODELS.items():
+        for size in sizes:
+            big = size >= 224
+            batch = (8 if big else 16) if quick else (16 if big else 64)
+            steps = 1 if (quick or big) and device.type == "cpu" else (3 if device.type == "cpu" else 20)
+            if device.type == "cuda":
+                batch, steps = (64 if big else 256), 20
+            x, y = _data(max(batch * (steps + 1), 256), size)
+            flops = model_stats(name, 2, 1, size)["flops"]
+            ours = ours_train(name, x, y, batch, steps, device)
+            plain, src = plain_train(name, x, y, batch, steps, device)
+            inf, p50, p95 = inference(name, size, device, 64 if device.type == "cpu" else 512, 2 if quick else 5)
+            rows.append({"model": label, "registry_name": name, "size": size, "batch": batch, "steps": steps,
+                         "train_images_per_s": ours, "plain_train_images_per_s": plain, "plain_model": src,
+                         "train_speedup": ours / plain, "infer_images_per_s": inf, "latency_p50_ms": p50,
+                         "latency_p95_ms": p95, "gflops_per_image": flops / 1e9,
+                         "train_gflops_per_s": 3 * flops * ours / 1e9, "infer_gflops_per_s": flops * inf / 1e9,
+                         "train_pct_of_peak": 100 * 3 * flops * ours / 1e9 / peak,
+                         "infer_pct_of_peak": 100 * flops * inf / 1e9 / peak})
+            r = rows[-1]
+            print(f"{label:10s} {size:4d}px  train {r['train_images_per_s']:8.1f} img/s vs plain "
+                  f"{r['plain_train_images_per_s']:8.1f} ({r['train_speedup']:.2f}x)  infer {inf:8.1f} img/s  "
+                  f"p50 {p50:6.2f} ms  p95 {p95:6.2f} ms  train {r['train_pct_of_peak']:5.1f}% of peak", flush=True)
+    return rows
+
+
+def gpu_table(quick: bool) -> list[dict]:
+    dev = torch.device("cuda")
+    rows = []
+    for label, name in MODELS.items():
+        x, y = _data(256 * 21, 64)
+        base = ours_train(name, x, y, 256, 5 if quick else 20, dev, amp=False)
+        amp = ours_train(name, x, y, 256, 5 if quick else 20, dev, amp=True)
+        comp = ours_train(name, x, y, 256, 5 if quick else 20, dev, amp=True, compile_=True)
+        rows.append({"model": label, "size": 64, "fp32_images_per_s": base, "amp_images_per_s": amp,
+                     "amp_compile_images_per_s": comp})
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--name", default=None)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(len(__import__("os").sched_getaffinity(0)))
+    cpu = torch.device("cpu")
+    peak = matmul_peak(cpu)
+    print(f"fp32 matmul peak on this CPU: {peak:.1f} GFLOP/s", flush=True)
+    res = {"machine": machine(), "quick": a.quick,
+           "command": "python bench/speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "cpu": {"matmul_peak_gflops": peak, "cnn": cnn_table(cpu, a.quick, peak)}}
+    res["cpu"]["reading"] = reading(a.quick)
+    r = res["cpu"]["reading"]
+    print(f"DICOM reading: medcls {r['medcls_files_per_s']:.1f} files/s vs pydicom {r['pydicom_files_per_s']:.1f} "
+          f"files/s ({r['overhead_pct']:+.1f}% overhead, {r['files']} files)")
+    res["cpu"]["hog"] = hog(a.quick)
+    h = res["cpu"]["hog"]
+    print(f"HOG: medcls {h['medcls_images_per_s']:.0f} img/s vs skimage loop {h['skimage_loop_images_per_s']:.0f} "
+          f"img/s ({h['ratio']:.2f}x)")
+    if torch.cuda.is_available():
+        res["gpu"] = {"name": torch.cuda.get_device_name(0), "matmul_peak_gflops": matmul_peak(torch.device("cuda")),
+                      "cnn": gpu_table(a.quick)}
+    out = write_results(a.name or ("speed_quick" if a.quick else "speed"), res)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
