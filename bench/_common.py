@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
+RESULTS = Path(os.environ.get("MEDCLS_BENCH_RESULTS", HERE / "results"))
 REFERENCE = HERE.parent.parent / "shared" / "reference" / "published_results.json"
 
 

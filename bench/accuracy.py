@@ -42,7 +42,7 @@ def run_cnn(model: str, data: str, seed: int, quick: bool, work: Path, data_dir)
 
     out = work / f"{data}-{model}-s{seed}"
     shutil.rmtree(out, ignore_errors=True)
-    kw = dict(epochs=1, max_train_samples=256) if quick else {}
+    kw = dict(epochs=1, max_train_samples=256, volume_slices=2, limit_eval_samples=256) if quick else {}
     cfg = TrainConfig(data=data, model=model, out=str(out), seed=seed, data_dir=data_dir, **kw)
     t0 = time.perf_counter()
     fit(cfg)

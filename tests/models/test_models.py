@@ -108,6 +108,31 @@ def test_uniform_interface(name):
 
 
 @pytest.mark.parametrize("name", MODELS)
+def test_weights_round_trip_through_safetensors(name, tmp_path):
+    from medcls.train.checkpoint import load_weights, save_weights
+
+    torch.manual_seed(0)
+    a = create_model(name, num_classes=2, in_channels=1, input_size=28).eval()
+    save_weights(a, tmp_path / "w.safetensors")
+    torch.manual_seed(1)
+    b = create_model(name, num_classes=2, in_channels=1, input_size=28).eval()
+    load_weights(b, tmp_path / "w.safetensors")
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(b(x), a(x), rtol=0, atol=0)
+
+
+def test_split_alexnet_weights_round_trip(tmp_path):
+    from medcls.train.checkpoint import load_weights, save_weights
+
+    a = create_model("alexnet", num_classes=2, input_size=28, devices=("cpu", "cpu"))
+    save_weights(a, tmp_path / "w.safetensors")
+    b = create_model("alexnet", num_classes=2, input_size=28, devices=("cpu", "cpu"), init="kaiming")
+    load_weights(b, tmp_path / "w.safetensors")
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+@pytest.mark.parametrize("name", MODELS)
 def test_channels_last_gives_the_same_output(name):
     torch.manual_seed(0)
     m = create_model(name, num_classes=2, in_channels=3, input_size=28).eval()

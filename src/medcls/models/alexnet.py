@@ -188,16 +188,17 @@ class AlexNetSplit(ClassifierModel):
         self.towers = nn.ModuleList(_Tower(in_channels, stem, lrn, fc_in, fc_width, self.pool_size) for _ in range(2))
         self.dropout = nn.Dropout(dropout)
         self.fc8 = nn.Linear(fc_width, num_classes)
-        self.classifier = nn.Sequential(self.fc8)  # uniform get/reset_classifier
         self.gradcam_layer = "towers.0.conv5"
         _init_alexnet(self, init)
         for t, d in zip(self.towers, self.devices):
             t.to(d)
         self.fc8.to(self.devices[0])
 
+    def get_classifier(self) -> nn.Linear:
+        return self.fc8
+
     def _set_classifier(self, layer: nn.Linear) -> None:
         self.fc8 = layer.to(self.devices[0])
-        self.classifier = nn.Sequential(self.fc8)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         t0, t1 = self.towers

@@ -128,7 +128,6 @@ class GoogLeNet(ClassifierModel):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(1024, num_classes)
-        self.classifier = nn.Sequential(self.fc)
         self.gradcam_layer = "inception5b"
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -139,9 +138,11 @@ class GoogLeNet(ClassifierModel):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    def get_classifier(self) -> nn.Linear:
+        return self.fc
+
     def _set_classifier(self, layer: nn.Linear) -> None:
         self.fc = layer
-        self.classifier = nn.Sequential(self.fc)
 
     def reset_classifier(self, num_classes: int) -> None:
         super().reset_classifier(num_classes)

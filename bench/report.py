@@ -1,0 +1,116 @@
+"""Render README's results tables from bench/results/*.json (no hand-copied numbers).
+
+    python bench/report.py           # rewrite the marked blocks of README.md
+    python bench/report.py --check   # exit 1 if README differs from the JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+README = HERE.parent / "README.md"
+MARK = "<!-- bench:{name} -->"
+END = "<!-- /bench:{name} -->"
+
+
+def _load(name: str) -> dict | None:
+    p = HERE / "results" / f"{name}.json"
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def _machine(m: dict) -> str:
+    gpu = f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"
+    return f"{m['cpu']}, {m['cores']} cores{gpu}; Python {m['python']}, torch {m['torch']}"
+
+
+def accuracy_block() -> str:
+    r = _load("accuracy")
+    if r is None:
+        return "_No full accuracy run recorded yet: run `python bench/accuracy.py`._"
+    lines = [f"Measured with `{r['command']}` on {_machine(r['machine'])}. Test split; ours are single "
+             "runs with `medcls train` / `medcls classical` defaults at 28 px (mean ± sd where several seeds ran); "
+             "published rows are copied from `../shared/reference/published_results.json` with their sources.", ""]
+    for data, d in r["datasets"].items():
+        lines += [f"**{data}** (a model predicting the majority class scores ACC {d['majority_rate']:.3f})", "",
+                  "| method | AUC | ACC | time |", "|---|---|---|---|"]
+        for name, s in d["ours"].items():
+            sd = len(s["runs"]) > 1
+            auc = f"{s['auc_mean']:.3f}" + (f" ± {s['auc_sd']:.3f}" if sd else "")
+            acc = f"{s['acc_mean']:.3f}" + (f" ± {s['acc_sd']:.3f}" if sd else "")
+            flag = " ⚠ collapsed to the majority class" if s["collapsed"] else ""
+            lines.append(f"| **medcls: {name}**{flag} | {auc} | {acc} | {s['seconds_mean']:.0f} s |")
+        for p in d["published"]:
+            auc = "–" if p["auc"] is None else f"{p['auc']:.3f}"
+            acc = "–" if p["acc"] is None else f"{p['acc']:.3f}"
+            lines.append(f"| {p['method']} ({p['source'].split(',')[0]}) | {auc} | {acc} | |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def speed_block() -> str:
+    r = _load("speed")
+    if r is None:
+        return "_No full speed run recorded yet: run `python bench/speed.py`._"
+    c = r["cpu"]
+    lines = [f"Measured with `{r['command']}` on {_machine(r['machine'])}; fp32 matmul peak "
+             f"{c['matmul_peak_gflops']:.1f} GFLOP/s measured in the same run.", "",
+             "| model | px | train img/s (medcls) | train img/s (plain loop) | ratio | infer img/s | "
+             "p50 / p95 ms | train % of peak |", "|---|---|---|---|---|---|---|---|"]
+    for x in c["cnn"]:
+        lines.append(f"| {x['model']} | {x['size']} | {x['train_images_per_s']:.1f} | "
+                     f"{x['plain_train_images_per_s']:.1f} ({x['plain_model']}) | {x['train_speedup']:.2f}× | "
+                     f"{x['infer_images_per_s']:.1f} | {x['latency_p50_ms']:.1f} / {x['latency_p95_ms']:.1f} | "
+                     f"{x['train_pct_of_peak']:.0f}% |")
+    rd, h = c["reading"], c["hog"]
+    lines += ["", f"DICOM reading ({rd['files']} pydicom-data files): medcls {rd['medcls_files_per_s']:.1f} files/s, "
+              f"plain pydicom {rd['pydicom_files_per_s']:.1f} files/s ({rd['overhead_pct']:+.0f}% for modality LUT, "
+              f"colour and inversion handling).",
+              f"HOG ({h['images']} images, 28 px): medcls {h['medcls_images_per_s']:.0f} img/s, per-image "
+              f"`skimage.feature.hog` loop {h['skimage_loop_images_per_s']:.0f} img/s ({h['ratio']:.1f}×)."]
+    if "gpu" in r:
+        g = r["gpu"]
+        lines += ["", f"GPU {g['name']}:", "", "| model | px | fp32 img/s | AMP img/s | AMP + compile img/s |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {x['model']} | {x['size']} | {x['fp32_images_per_s']:.0f} | {x['amp_images_per_s']:.0f} | "
+                  f"{x['amp_compile_images_per_s']:.0f} |" for x in g["cnn"]]
+    else:
+        lines += ["", "No GPU on this machine: the GPU table appears when `bench/speed.py` runs where CUDA is."]
+    return "\n".join(lines)
+
+
+BLOCKS = {"accuracy": accuracy_block, "speed": speed_block}
+
+
+def render(text: str) -> str:
+    for name, fn in BLOCKS.items():
+        a, b = MARK.format(name=name), END.format(name=name)
+        if a not in text or b not in text:
+            raise SystemExit(f"README.md lacks the markers {a} ... {b}")
+        head, rest = text.split(a, 1)
+        _, tail = rest.split(b, 1)
+        text = f"{head}{a}\n{fn()}\n{b}{tail}"
+    return text
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--check", action="store_true")
+    a = ap.parse_args(argv)
+    cur = README.read_text()
+    new = render(cur)
+    if a.check:
+        if new != cur:
+            print("README.md tables differ from bench/results/*.json: run python bench/report.py")
+            return 1
+        return 0
+    README.write_text(new)
+    print("README.md tables updated from bench/results")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

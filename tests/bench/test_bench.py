@@ -1,0 +1,83 @@
+"""The bench scripts run (quick), write JSON of the documented shape, and README shows exactly the JSON."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(script, tmp_path):
+    env = {**os.environ, "MEDCLS_BENCH_RESULTS": str(tmp_path), "TQDM_DISABLE": "1"}
+    r = subprocess.run([sys.executable, str(REPO / "bench" / script), "--quick"], env=env, capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return r.stdout
+
+
+def _check_accuracy(res: dict):
+    assert {"machine", "quick", "command", "datasets"} <= set(res)
+    for data, d in res["datasets"].items():
+        assert 0 < d["majority_rate"] < 1
+        assert d["ours"], data
+        for name, s in d["ours"].items():
+            assert {"acc_mean", "acc_sd", "auc_mean", "auc_sd", "seconds_mean", "runs", "collapsed"} <= set(s)
+            for r in s["runs"]:
+                assert 0 <= r["acc"] <= 1 and 0 <= r["auc"] <= 1 and r["seconds"] > 0
+        for p in d["published"]:
+            assert {"method", "auc", "acc", "source"} <= set(p)
+
+
+def _check_speed(res: dict):
+    c = res["cpu"]
+    assert c["matmul_peak_gflops"] > 0
+    for x in c["cnn"]:
+        for k in ("train_images_per_s", "plain_train_images_per_s", "train_speedup", "infer_images_per_s",
+                  "latency_p50_ms", "latency_p95_ms", "train_gflops_per_s", "train_pct_of_peak"):
+            assert x[k] > 0, k
+    assert c["reading"]["files"] > 0 and c["hog"]["ratio"] > 0
+
+
+@pytest.mark.slow
+def test_quick_benches_write_their_json(tmp_path, medmnist_dir):
+    out = _run("accuracy.py", tmp_path)
+    acc = json.loads((tmp_path / "accuracy_quick.json").read_text())
+    _check_accuracy(acc)
+    assert set(acc["datasets"]) == {"pneumoniamnist", "breastmnist", "adrenalmnist3d"}
+    assert "published: ResNet-18 (28)" in out
+    _run("speed.py", tmp_path)
+    _check_speed(json.loads((tmp_path / "speed_quick.json").read_text()))
+
+
+def test_committed_results_have_the_schema():
+    for name, check in (("accuracy", _check_accuracy), ("speed", _check_speed)):
+        p = REPO / "bench" / "results" / f"{name}.json"
+        if p.is_file():
+            check(json.loads(p.read_text()))
+
+
+def test_readme_tables_equal_the_json():
+    sys.path.insert(0, str(REPO / "bench"))
+    import report
+
+    readme = (REPO / "README.md").read_text()
+    assert report.render(readme) == readme, "run python bench/report.py"
+    acc = REPO / "bench" / "results" / "accuracy.json"
+    if acc.is_file():  # every number in the table is one of the JSON's
+        res = json.loads(acc.read_text())
+        block = readme.split("<!-- bench:accuracy -->")[1].split("<!-- /bench:accuracy -->")[0]
+        for d in res["datasets"].values():
+            for s in d["ours"].values():
+                assert f"{s['auc_mean']:.3f}" in block and f"{s['acc_mean']:.3f}" in block
+        numbers = set(re.findall(r"\b0\.\d{3}\b", block))
+        known = {f"{v:.3f}" for d in res["datasets"].values() for s in d["ours"].values()
+                 for v in (s["auc_mean"], s["acc_mean"], s["auc_sd"], s["acc_sd"])}
+        known |= {f"{v:.3f}" for d in res["datasets"].values() for p in d["published"] for v in (p["auc"], p["acc"])
+                  if v is not None}
+        known |= {f"{d['majority_rate']:.3f}" for d in res["datasets"].values()}
+        assert numbers <= known
