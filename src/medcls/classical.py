@@ -51,8 +51,8 @@ def make_classifier(name: str, seed: int = 0):
     if name == "knn":
         return KNeighborsClassifier(), {"n_neighbors": [5, 15, 31], "weights": ["uniform", "distance"]}
     if name == "forest":
-        return RandomForestClassifier(n_estimators=300, random_state=seed, n_jobs=-1, class_weight="balanced"), {
-            "max_features": ["sqrt", 0.2], "min_samples_leaf": [1, 3]}
+        return RandomForestClassifier(n_estimators=200, random_state=seed, n_jobs=-1, class_weight="balanced"), {
+            "max_features": ["sqrt"], "min_samples_leaf": [1, 3]}
     raise MedclsError(f"unknown classifier {name!r}; choose from {', '.join(CLASSIFIERS)} or all")
 
 
