@@ -458,13 +458,12 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt,):
         _err("interrupted")
         return 130
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except Exception as exc:
+        # Usage errors from typer's (vendored) click: they know how to show themselves.
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
+        if type(exc).__name__ == "Abort":
             return 1
         if debug:
             raise

@@ -52,3 +52,10 @@ def test_demo_trains_evaluates_and_shows_predict(medmnist_dir, tmp_path, capsys)
     example = run / "example_test_image.png"
     rc, out, _ = run_cli(["predict", run, example, "--json"], capsys)
     assert rc == 0 and json.loads(out)[0]["class"] in ("normal", "pneumonia")
+
+
+def test_usage_error_exits_2_with_a_message(capsys):
+    rc, out, err = run_cli(["info"], capsys)  # missing argument
+    assert rc == 2 and "Traceback" not in err
+    rc, out, err = run_cli(["no-such-command"], capsys)
+    assert rc == 2
