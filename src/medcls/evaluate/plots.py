@@ -88,6 +88,10 @@ def plot_curves(history: list[dict], path: Path) -> None:
     b.plot(ep, [float(r["val_acc"]) for r in history], label="val ACC", color="C3")
     b.set(xlabel="epoch", ylim=(0, 1.01))
     b.legend()
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (a, b):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _save(fig, path)
     plt.close(fig)
 
