@@ -3,6 +3,7 @@
     python bench/accuracy.py                 # full: default settings, may take an hour+ on 2 cores
     python bench/accuracy.py --quick         # smoke run in a few minutes
     python bench/accuracy.py --datasets pneumoniamnist --methods vgg11_bn --seeds 0 1 2
+    python bench/accuracy.py --datasets breastmnist --merge   # add/replace one dataset in results/accuracy.json
 
 Every row of ours is trained and evaluated by this script in this run (with
 `medcls train` defaults unless --quick); published rows come from
@@ -42,7 +43,7 @@ def run_cnn(model: str, data: str, seed: int, quick: bool, work: Path, data_dir)
 
     out = work / f"{data}-{model}-s{seed}"
     shutil.rmtree(out, ignore_errors=True)
-    kw = dict(epochs=1, max_train_samples=256, volume_slices=2, limit_eval_samples=256) if quick else {}
+    kw = dict(epochs=1, max_train_samples=128, volume_slices=2, limit_eval_samples=128) if quick else {}
     cfg = TrainConfig(data=data, model=model, out=str(out), seed=seed, data_dir=data_dir, **kw)
     t0 = time.perf_counter()
     fit(cfg)
@@ -102,21 +103,30 @@ def reference_rows(pub: dict, data: str) -> list[dict]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="1 epoch on 256 images per run: a smoke test")
+    ap.add_argument("--quick", action="store_true", help="1 epoch on 128 images per run: a smoke test")
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS))
     ap.add_argument("--methods", nargs="+", default=["classical", *CNN, "ensemble"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--work", default=None, help="where run folders go (default: a temp folder)")
     ap.add_argument("--name", default=None, help="results file name (default accuracy / accuracy_quick)")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other datasets already in the results file (run datasets one at a time)")
     a = ap.parse_args(argv)
     import tempfile
 
     work = Path(a.work or tempfile.mkdtemp(prefix="medcls-bench-"))
     pub = published()
     majority = pub.get("majority_class_rates", {})
-    results = {"machine": machine(), "quick": a.quick, "command": "python bench/accuracy.py " + " ".join(argv or sys.argv[1:]),
-               "datasets": {}}
+    command = "python bench/accuracy.py " + " ".join(argv or sys.argv[1:])
+    name = a.name or ("accuracy_quick" if a.quick else "accuracy")
+    results = {"machine": machine(), "quick": a.quick, "command": command, "datasets": {}}
+    previous = RESULTS / f"{name}.json"
+    if a.merge and previous.is_file():
+        old = json.loads(previous.read_text())
+        if old.get("machine", {}).get("cpu") != results["machine"]["cpu"]:
+            print(f"note: {previous} was measured on {old['machine'].get('cpu')}; merging anyway")
+        results["datasets"] = {k: v for k, v in old.get("datasets", {}).items() if k not in a.datasets}
     for data in a.datasets:
         maj = majority.get(data) or majority_rate(data, a.data_dir)
         ours: dict[str, dict] = {}
@@ -134,9 +144,11 @@ def main(argv=None) -> int:
                 ours["Ensemble of the CNNs"] = summarise([run_ensemble(members, data, work)])
         for s in ours.values():
             s["collapsed"] = bool(any(abs(r["acc"] - maj) < 1e-9 for r in s["runs"]))
-        results["datasets"][data] = {"majority_rate": maj, "ours": ours, "published": reference_rows(pub, data)}
+        results["datasets"][data] = {"majority_rate": maj, "ours": ours, "published": reference_rows(pub, data),
+                                     "command": command}
         _print_table(data, results["datasets"][data])
-    out = write_results(a.name or ("accuracy_quick" if a.quick else "accuracy"), results)
+        write_results(name, results)  # after each dataset, so a long run keeps what it finished
+    out = write_results(name, results)
     print(f"\nwrote {out}")
     return 0
 

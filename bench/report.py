@@ -31,11 +31,13 @@ def accuracy_block() -> str:
     r = _load("accuracy")
     if r is None:
         return "_No full accuracy run recorded yet: run `python bench/accuracy.py`._"
-    lines = [f"Measured with `{r['command']}` on {_machine(r['machine'])}. Test split; ours are single "
-             "runs with `medcls train` / `medcls classical` defaults at 28 px (mean ± sd where several seeds ran); "
-             "published rows are copied from `../shared/reference/published_results.json` with their sources.", ""]
+    lines = [f"Measured on {_machine(r['machine'])}. Test split; ours are single "
+             "runs with `medcls train` / `medcls classical` defaults at 28 px (mean ± sd where several seeds ran), "
+             "each with its wall time on this machine; published rows are copied from "
+             "`../shared/reference/published_results.json` with their sources.", ""]
     for data, d in r["datasets"].items():
-        lines += [f"**{data}** (a model predicting the majority class scores ACC {d['majority_rate']:.3f})", "",
+        lines += [f"**{data}** (a model predicting the majority class scores ACC {d['majority_rate']:.3f}; "
+                  f"`{d.get('command', r['command'])}`)", "",
                   "| method | AUC | ACC | time |", "|---|---|---|---|"]
         for name, s in d["ours"].items():
             sd = len(s["runs"]) > 1

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 def _run(script, tmp_path):
     env = {**os.environ, "MEDCLS_BENCH_RESULTS": str(tmp_path), "TQDM_DISABLE": "1"}
     r = subprocess.run([sys.executable, str(REPO / "bench" / script), "--quick"], env=env, capture_output=True,
-                       text=True, timeout=900)
+                       text=True, timeout=1800)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     return r.stdout
 
@@ -44,12 +44,16 @@ def _check_speed(res: dict):
 
 
 @pytest.mark.slow
-def test_quick_benches_write_their_json(tmp_path, medmnist_dir):
+def test_quick_accuracy_bench_writes_its_json(tmp_path, medmnist_dir):
     out = _run("accuracy.py", tmp_path)
     acc = json.loads((tmp_path / "accuracy_quick.json").read_text())
     _check_accuracy(acc)
     assert set(acc["datasets"]) == {"pneumoniamnist", "breastmnist", "adrenalmnist3d"}
     assert "published: ResNet-18 (28)" in out
+
+
+@pytest.mark.slow
+def test_quick_speed_bench_writes_its_json(tmp_path, medmnist_dir):
     _run("speed.py", tmp_path)
     _check_speed(json.loads((tmp_path / "speed_quick.json").read_text()))
 

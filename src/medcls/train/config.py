@@ -22,7 +22,7 @@ class TrainConfig:
     size: int | None = None  # input size; None: the dataset's own
     channels: int | None = None  # None: the dataset's own
     epochs: int | None = None  # None: auto, about 20,000 training images (>= 4 epochs)
-    batch_size: int = 128
+    batch_size: int | None = None  # None: auto, 128 (32 to 128 so that an epoch has >= 16 steps)
     optimizer: str = "adamw"  # adamw | sgd
     lr: float | None = None  # None: 1e-3 for AdamW, 0.01 for SGD (at batch 128)
     weight_decay: float = 5e-4
@@ -56,7 +56,7 @@ class TrainConfig:
             raise MedclsError(f"--labelled-fraction must be in (0, 1], got {self.labelled_fraction}")
         if self.volume_mode not in ("slices", "2.5d"):
             raise MedclsError(f"--volume-mode must be slices or 2.5d, not {self.volume_mode!r}")
-        if (self.epochs is not None and self.epochs < 1) or self.batch_size < 1:
+        if (self.epochs is not None and self.epochs < 1) or (self.batch_size is not None and self.batch_size < 1):
             raise MedclsError("--epochs and --batch-size must be at least 1")
 
     @property
@@ -79,12 +79,27 @@ class TrainConfig:
             return self.epochs
         return int(min(100, max(4, round(20_000 / max(1, n_train_items)))))
 
-    @property
-    def learning_rate(self) -> float:
+    def batch_for(self, n_train_items: int) -> int:
+        """``batch_size``, or when auto: 128, halved (down to 32) until an epoch has at least 16 steps.
+
+        On small sets a batch of 128 gives a handful of steps per epoch and a
+        noisy, slow start: on BreastMNIST (546 images) VGG-11-BN reached
+        validation AUC 0.68 after 12 epochs at batch 128 and 0.89 after 11 at 32
+        (same images seen, learning rate scaled with the batch).
+        """
+        if self.batch_size is not None:
+            return self.batch_size
+        bs = 128
+        while bs > 32 and n_train_items / bs < 16:
+            bs //= 2
+        return bs
+
+    def learning_rate(self, batch_size: int) -> float:
+        """``lr``, or 1e-3 (AdamW) / 0.01 (SGD) scaled linearly from batch 128."""
         if self.lr is not None:
             return self.lr
         base = 1e-3 if self.optimizer == "adamw" else 0.01
-        return base * self.batch_size / 128
+        return base * batch_size / 128
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -273,13 +273,14 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
     for p in model.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    lr = cfg.learning_rate
+    bs = cfg.batch_for(len(y_l))
+    lr = cfg.learning_rate(bs)
     if cfg.optimizer == "adamw":
         opt = torch.optim.AdamW(groups, lr=lr)
     else:
         opt = torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
     epochs = cfg.epochs_for(len(y_l))
-    steps_per_epoch = max(1, math.ceil(len(y_l) / cfg.batch_size))
+    steps_per_epoch = max(1, math.ceil(len(y_l) / bs))
     total = steps_per_epoch * epochs
     warm = int(cfg.warmup_epochs * steps_per_epoch)
 
@@ -338,6 +339,8 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
          + f", {channels}x{size}x{size}, {k} classes, device {device}")
 
     meta["train"]["epochs_resolved"] = epochs
+    meta["train"]["batch_size_resolved"] = bs
+    meta["train"]["lr_resolved"] = lr
     if not resume:
         write_json(run.config, meta)
     for epoch in range(start_epoch, epochs):
@@ -360,8 +363,8 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
             order = torch.randperm(n, generator=gen).numpy()
         t0, seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
         bar = _progress(n, f"epoch {epoch + 1}/{epochs}")
-        for i in range(0, n, cfg.batch_size):
-            idx = np.sort(order[i:i + cfg.batch_size])
+        for i in range(0, n, bs):
+            idx = np.sort(order[i:i + bs])
             if len(idx) < 2 and i > 0:
                 continue  # BatchNorm needs two samples
             extra = None
