@@ -225,6 +225,8 @@ def train(
     augment: str = typer.Option("auto", "--augment", help="auto | none | light | strong"),
     hflip: Optional[bool] = typer.Option(None, "--hflip/--no-hflip", help="Default: by dataset/modality."),
     patience: int = typer.Option(8, "--patience", help="Early stopping on validation AUC."),
+    clip_grad: Optional[float] = typer.Option(None, "--clip-grad", help="Clip the gradient norm to this."),
+    ema: bool = typer.Option(True, "--ema/--no-ema", help="Validate and keep a moving average of the weights."),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N | mps"),
     volume_mode: str = typer.Option("2.5d", "--volume-mode", help="Volumes: slices | 2.5d"),
@@ -253,7 +255,7 @@ def train(
                           data_dir=str(data_dir) if data_dir else None, size=size, channels=channels, epochs=epochs,
                           batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
                           label_smoothing=label_smoothing, balance=balance, augment=augment, hflip=hflip,
-                          patience=patience, seed=seed, device=device, volume_mode=volume_mode,
+                          patience=patience, clip_grad=clip_grad, ema=ema, seed=seed, device=device, volume_mode=volume_mode,
                           labelled_fraction=labelled_fraction, semi=semi, model_kwargs=kwargs,
                           max_train_samples=max_train_samples)
         root = fit(cfg)

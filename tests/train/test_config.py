@@ -37,3 +37,10 @@ def test_bad_values_are_refused():
         TrainConfig(data="x", batch_size=0)
     with pytest.raises(MedclsError, match="optimizer"):
         TrainConfig(data="x", optimizer="adam")
+
+
+def test_ema_time_constant_is_about_two_epochs():
+    assert TrainConfig.ema_decay(18) == pytest.approx(1 - 1 / 36)  # BreastMNIST at batch 32
+    assert TrainConfig.ema_decay(1) == 0.9  # bounded for tiny runs
+    assert TrainConfig.ema_decay(10**6) == 0.9999
+    assert TrainConfig(data="x").ema is True

@@ -169,9 +169,32 @@ def test_resume_after_kill_equals_uninterrupted(medmnist_dir, tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "resuming" in r.stdout
-    a, b = load_file(full / "last.safetensors"), load_file(killed / "last.safetensors")
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    for name in ("last.safetensors", "best.safetensors"):  # best: the weight EMA resumes exactly too
+        a, b = load_file(full / name), load_file(killed / name)
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
     ma, mb = (json.loads((d / "metrics.json").read_text())["test"] for d in (full, killed))
     assert ma["auc"] == mb["auc"] and ma["acc"] == mb["acc"]
+
+
+def test_weight_ema_is_what_is_validated_and_kept(medmnist_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    from medcls.train.config import TrainConfig
+    from medcls.train.engine import fit
+
+    common = dict(data="breastmnist", data_dir=str(medmnist_dir), model="alexnet_onetower", epochs=1,
+                  max_train_samples=96, limit_eval_samples=32, device="cpu", seed=1)
+    with_ema = fit(TrainConfig(out=str(tmp_path / "ema"), **common), evaluate_at_end=False)
+    without = fit(TrainConfig(out=str(tmp_path / "raw"), ema=False, **common), evaluate_at_end=False)
+    cfg = json.loads((with_ema / "config.json").read_text())["train"]
+    assert cfg["ema"] is True and cfg["ema_decay_resolved"] == TrainConfig.ema_decay(3)  # 96 images, batch 32
+    raw_last, raw_best = load_file(without / "last.safetensors"), load_file(without / "best.safetensors")
+    ema_last, ema_best = load_file(with_ema / "last.safetensors"), load_file(with_ema / "best.safetensors")
+    assert raw_best.keys() == ema_best.keys()
+    for k in raw_last:  # same training trajectory; without EMA the kept model is the trained one
+        torch.testing.assert_close(raw_last[k], ema_last[k], rtol=0, atol=0)
+        torch.testing.assert_close(raw_best[k], raw_last[k], rtol=0, atol=0)
+    w = [k for k in ema_best if k.endswith("weight") and ema_best[k].ndim == 4][0]
+    assert not torch.equal(ema_best[w], ema_last[w]), "with EMA the kept weights are the average, not the last step"

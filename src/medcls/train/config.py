@@ -32,6 +32,8 @@ class TrainConfig:
     augment: str = "auto"  # auto | none | light | strong
     hflip: bool | None = None  # None: decided by dataset/modality
     patience: int = 8  # early stopping on validation AUC
+    clip_grad: float | None = None  # clip the gradient norm to this
+    ema: bool = True  # validate, keep and ship an exponential moving average of the weights
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # mixed precision on CUDA (bf16 where supported)
@@ -100,6 +102,16 @@ class TrainConfig:
             return self.lr
         base = 1e-3 if self.optimizer == "adamw" else 0.01
         return base * batch_size / 128
+
+    @staticmethod
+    def ema_decay(steps_per_epoch: int) -> float:
+        """EMA decay with a time constant of about two epochs (0.9 to 0.9999).
+
+        Small sets give few steps per epoch and a validation AUC that jumps from
+        epoch to epoch; averaging the weights over the last couple of epochs
+        smooths both the model and the choice of the best epoch.
+        """
+        return float(min(0.9999, max(0.9, 1.0 - 1.0 / (2.0 * steps_per_epoch))))
 
     def to_dict(self) -> dict:
         return asdict(self)

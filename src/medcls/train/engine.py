@@ -290,6 +290,12 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    ema = None
+    if cfg.ema and teacher is None:  # the mean teacher already is an EMA of the student
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay(steps_per_epoch)),
+                            use_buffers=True)
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported())
 
@@ -323,6 +329,8 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
         sched.load_state_dict(st["scheduler"])
         if teacher is not None and "teacher" in st:
             teacher.load_state_dict(st["teacher"])
+        if ema is not None and "ema" in st:
+            ema.load_state_dict(st["ema"])
         if "scaler" in st and scaler.is_enabled():
             scaler.load_state_dict(st["scaler"])
         start_epoch = int(st["epoch"])
@@ -341,6 +349,8 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
     meta["train"]["epochs_resolved"] = epochs
     meta["train"]["batch_size_resolved"] = bs
     meta["train"]["lr_resolved"] = lr
+    if ema is not None:
+        meta["train"]["ema_decay_resolved"] = cfg.ema_decay(steps_per_epoch)
     if not resume:
         write_json(run.config, meta)
     for epoch in range(start_epoch, epochs):
@@ -375,9 +385,11 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
                 extra = lambda: _unsupervised_loss(cfg.semi, model, teacher, ub, norm, weak,  # noqa: E731
                                                    strong, gen, step_now, total)
             loss = train_step(model, opt, sched, scaler, criterion, norm, aug, x_ep, y_ep, idx, device, use_amp,
-                              gen, extra)
+                              gen, extra, cfg.clip_grad)
             if teacher is not None:
                 _ema(teacher, model, 0.99)
+            if ema is not None:
+                ema.update_parameters(model)
             seen += len(idx)
             loss_sum += float(loss.detach()) * len(idx)
             loss_n += len(idx)
@@ -385,7 +397,7 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
             bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
         bar.close()
         secs = time.perf_counter() - t0
-        eval_model = teacher if teacher is not None else model
+        eval_model = teacher if teacher is not None else ema.module if ema is not None else model
         pv = predict_items(eval_model, val.x, norm, device, task, amp=cfg.amp)
         pv_s, yv_s = aggregate(pv, val.sample, val.y)
         from medcls.evaluate.metrics import auc_score
@@ -412,6 +424,8 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
                  "history_keys": keys, "rng": rng_state()}
         if teacher is not None:
             state["teacher"] = teacher.state_dict()
+        if ema is not None:
+            state["ema"] = ema.state_dict()
         if scaler.is_enabled():
             state["scaler"] = scaler.state_dict()
         save_state(run.state, state)
@@ -420,7 +434,7 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
              f"val_auc {val_auc:.4f}  val_acc {val_acc:.4f}  {row['images_per_s']:.0f} img/s"
              + ("  *" if improved else ""))
     if not run.best.is_file():
-        save_weights(teacher if teacher is not None else model, run.best)
+        save_weights(teacher if teacher is not None else ema.module if ema is not None else model, run.best)
     if evaluate_at_end:
         from medcls.evaluate import evaluate_run
 
@@ -429,7 +443,8 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
 
 
 def train_step(model, opt, sched, scaler, criterion, norm, aug, x: np.ndarray, y: np.ndarray, idx: np.ndarray,
-               device: torch.device, use_amp: bool, gen: torch.Generator, extra_loss=None) -> torch.Tensor:
+               device: torch.device, use_amp: bool, gen: torch.Generator, extra_loss=None,
+               clip_grad: float | None = None) -> torch.Tensor:
     """One optimisation step on items ``idx`` of the in-memory uint8 arrays (what ``fit`` runs)."""
     from medcls.models import model_loss
 
@@ -441,6 +456,9 @@ def train_step(model, opt, sched, scaler, criterion, norm, aug, x: np.ndarray, y
             loss = loss + extra_loss()
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
+    if clip_grad:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
     scaler.step(opt)
     scaler.update()
     if sched is not None:
