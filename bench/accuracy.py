@@ -116,6 +116,14 @@ def main(argv=None) -> int:
     import tempfile
 
     work = Path(a.work or tempfile.mkdtemp(prefix="medcls-bench-"))
+    try:
+        return _bench(a, argv, work)
+    finally:  # run folders (weights and optimiser state: gigabytes for VGG) go unless --work kept them
+        if a.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _bench(a, argv, work: Path) -> int:
     pub = published()
     majority = pub.get("majority_class_rates", {})
     command = "python bench/accuracy.py " + " ".join(argv or sys.argv[1:])

@@ -49,6 +49,13 @@ def main(argv=None) -> int:
     ap.add_argument("--data-dir", default=None)
     a = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="medcls-semi-"))
+    try:
+        return _bench(a, argv, work)
+    finally:  # run folders hold weights and optimiser state
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _bench(a, argv, work: Path) -> int:
     base = dict(data=a.data, model=a.model, seed=a.seed, data_dir=a.data_dir,
                 epochs=1 if a.quick else a.epochs)
     if a.quick:

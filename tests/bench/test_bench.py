@@ -13,10 +13,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _run(script, tmp_path, *args):
-    env = {**os.environ, "MEDCLS_BENCH_RESULTS": str(tmp_path), "TQDM_DISABLE": "1"}
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "MEDCLS_BENCH_RESULTS": str(tmp_path), "TQDM_DISABLE": "1", "TMPDIR": str(tmp)}
     r = subprocess.run([sys.executable, str(REPO / "bench" / script), "--quick", *args], env=env,
                        capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    left = [p.name for p in [*tmp.glob("medcls-bench-*"), *tmp.glob("medcls-semi-*")]]
+    assert not left, f"the bench left its run folders behind: {left}"
     return r.stdout
 
 
@@ -89,3 +93,15 @@ def test_readme_tables_equal_the_json():
                   if v is not None}
         known |= {f"{d['majority_rate']:.3f}" for d in res["datasets"].values()}
         assert numbers <= known
+
+
+@pytest.mark.slow
+def test_quick_semi_bench_writes_its_json(tmp_path, medmnist_dir):
+    _run("semi.py", tmp_path, "--fractions", "0.1", "--methods", "pseudo", "fixmatch")
+    res = json.loads((tmp_path / "semi_quick.json").read_text())
+    rows = res["fractions"]["0.1"]
+    assert set(rows) == {"supervised", "pseudo", "fixmatch"}
+    for name, r in rows.items():
+        assert 0 <= r["acc"] <= 1 and 0 <= r["auc"] <= 1 and r["seconds"] > 0
+        if name != "supervised":
+            assert r["auc_gain"] == pytest.approx(r["auc"] - rows["supervised"]["auc"])
