@@ -290,12 +290,13 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    ema = None
+    ema, ema_decay = None, cfg.ema_decay(steps_per_epoch)
     if cfg.ema and teacher is None:  # the mean teacher already is an EMA of the student
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay(steps_per_epoch)),
-                            use_buffers=True)
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+    # the weights that are validated and kept as best.safetensors
+    eval_model = teacher if teacher is not None else ema.module if ema is not None else model
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported())
 
@@ -350,7 +351,7 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
     meta["train"]["batch_size_resolved"] = bs
     meta["train"]["lr_resolved"] = lr
     if ema is not None:
-        meta["train"]["ema_decay_resolved"] = cfg.ema_decay(steps_per_epoch)
+        meta["train"]["ema_decay_resolved"] = ema_decay
     if not resume:
         write_json(run.config, meta)
     for epoch in range(start_epoch, epochs):
@@ -397,7 +398,6 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
             bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
         bar.close()
         secs = time.perf_counter() - t0
-        eval_model = teacher if teacher is not None else ema.module if ema is not None else model
         pv = predict_items(eval_model, val.x, norm, device, task, amp=cfg.amp)
         pv_s, yv_s = aggregate(pv, val.sample, val.y)
         from medcls.evaluate.metrics import auc_score
@@ -434,7 +434,7 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
              f"val_auc {val_auc:.4f}  val_acc {val_acc:.4f}  {row['images_per_s']:.0f} img/s"
              + ("  *" if improved else ""))
     if not run.best.is_file():
-        save_weights(teacher if teacher is not None else ema.module if ema is not None else model, run.best)
+        save_weights(eval_model, run.best)
     if evaluate_at_end:
         from medcls.evaluate import evaluate_run
 
