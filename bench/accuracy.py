@@ -4,6 +4,7 @@
     python bench/accuracy.py --quick         # smoke run in a few minutes
     python bench/accuracy.py --datasets pneumoniamnist --methods vgg11_bn --seeds 0 1 2
     python bench/accuracy.py --datasets breastmnist --merge   # add/replace one dataset in results/accuracy.json
+    python bench/accuracy.py --datasets breastmnist --methods alexnet --seeds 0 1 2 --merge   # replace one row
 
 Every row of ours is trained and evaluated by this script in this run (with
 `medcls train` defaults unless --quick); published rows come from
@@ -111,7 +112,8 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default=None, help="where run folders go (default: a temp folder)")
     ap.add_argument("--name", default=None, help="results file name (default accuracy / accuracy_quick)")
     ap.add_argument("--merge", action="store_true",
-                    help="keep the other datasets already in the results file (run datasets one at a time)")
+                    help="keep what the results file already has for the datasets and methods not run now "
+                         "(each row records the command that measured it)")
     a = ap.parse_args(argv)
     import tempfile
 
@@ -134,7 +136,10 @@ def _bench(a, argv, work: Path) -> int:
         old = json.loads(previous.read_text())
         if old.get("machine", {}).get("cpu") != results["machine"]["cpu"]:
             print(f"note: {previous} was measured on {old['machine'].get('cpu')}; merging anyway")
-        results["datasets"] = {k: v for k, v in old.get("datasets", {}).items() if k not in a.datasets}
+        kept = old.get("datasets", {})
+        results["datasets"] = {k: v for k, v in kept.items() if k not in a.datasets}
+    else:
+        kept = {}
     for data in a.datasets:
         maj = majority.get(data) or majority_rate(data, a.data_dir)
         ours: dict[str, dict] = {}
@@ -152,6 +157,8 @@ def _bench(a, argv, work: Path) -> int:
                 ours["Ensemble of the CNNs"] = summarise([run_ensemble(members, data, work)])
         for s in ours.values():
             s["collapsed"] = bool(any(abs(r["acc"] - maj) < 1e-9 for r in s["runs"]))
+            s["command"] = command
+        ours = _merge_rows(kept.get(data), ours)
         results["datasets"][data] = {"majority_rate": maj, "ours": ours, "published": reference_rows(pub, data),
                                      "command": command}
         _print_table(data, results["datasets"][data])
@@ -159,6 +166,19 @@ def _bench(a, argv, work: Path) -> int:
     out = write_results(name, results)
     print(f"\nwrote {out}")
     return 0
+
+
+def _merge_rows(previous: dict | None, ours: dict) -> dict:
+    """This run's rows, plus the previous file's rows for methods not re-run (each keeps its command)."""
+    if not previous:
+        return ours
+    rows = {}
+    for name, s in previous.get("ours", {}).items():
+        if name not in ours:
+            rows[name] = {**s, "command": s.get("command", previous.get("command"))}
+    rows.update(ours)
+    order = ["Classical (best of 5, HOG+stats)", *CNN.values(), "Ensemble of the CNNs"]
+    return dict(sorted(rows.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
 
 
 def _print_table(data: str, d: dict) -> None:

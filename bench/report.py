@@ -36,15 +36,22 @@ def accuracy_block() -> str:
              "each with its wall time on this machine; published rows are copied from "
              "`../shared/reference/published_results.json` with their sources.", ""]
     for data, d in r["datasets"].items():
-        lines += [f"**{data}** (a model predicting the majority class scores ACC {d['majority_rate']:.3f}; "
-                  f"`{d.get('command', r['command'])}`)", "",
-                  "| method | AUC | ACC | time |", "|---|---|---|---|"]
+        default = d.get("command", r["command"])
+        commands = list(dict.fromkeys(s.get("command", default) for s in d["ours"].values()))
+        if len(commands) == 1:
+            lines += [f"**{data}** (a model predicting the majority class scores ACC {d['majority_rate']:.3f}; "
+                      f"`{commands[0]}`)", ""]
+        else:  # rows measured by different runs of the bench (--merge): each row names its command
+            lines += [f"**{data}** (a model predicting the majority class scores ACC {d['majority_rate']:.3f}; "
+                      "rows measured by " + "; ".join(f"[{i}] `{c}`" for i, c in enumerate(commands, 1)) + ")", ""]
+        lines += ["| method | AUC | ACC | time |", "|---|---|---|---|"]
         for name, s in d["ours"].items():
+            tag = f" [{commands.index(s.get('command', default)) + 1}]" if len(commands) > 1 else ""
             sd = len(s["runs"]) > 1
             auc = f"{s['auc_mean']:.3f}" + (f" ± {s['auc_sd']:.3f}" if sd else "")
             acc = f"{s['acc_mean']:.3f}" + (f" ± {s['acc_sd']:.3f}" if sd else "")
             flag = " ⚠ collapsed to the majority class" if s["collapsed"] else ""
-            lines.append(f"| **medcls: {name}**{flag} | {auc} | {acc} | {s['seconds_mean']:.0f} s |")
+            lines.append(f"| **medcls: {name}**{tag}{flag} | {auc} | {acc} | {s['seconds_mean']:.0f} s |")
         for p in d["published"]:
             auc = "–" if p["auc"] is None else f"{p['auc']:.3f}"
             acc = "–" if p["acc"] is None else f"{p['acc']:.3f}"

@@ -105,3 +105,28 @@ def test_quick_semi_bench_writes_its_json(tmp_path, medmnist_dir):
         assert 0 <= r["acc"] <= 1 and 0 <= r["auc"] <= 1 and r["seconds"] > 0
         if name != "supervised":
             assert r["auc_gain"] == pytest.approx(r["auc"] - rows["supervised"]["auc"])
+
+
+def test_merge_keeps_rows_not_rerun_and_readme_names_each_rows_command(monkeypatch):
+    sys.path.insert(0, str(REPO / "bench"))
+    import accuracy
+    import report
+
+    def row(v):
+        return {"acc_mean": v, "acc_sd": 0.0, "auc_mean": v, "auc_sd": 0.0, "seconds_mean": 1.0,
+                "runs": [{"acc": v, "auc": v, "seconds": 1.0}], "collapsed": False}
+
+    previous = {"command": "old", "ours": {"Classical (best of 5, HOG+stats)": row(0.5), "AlexNet": row(0.6),
+                                           "Ensemble of the CNNs": row(0.7)}}
+    merged = accuracy._merge_rows(previous, {"AlexNet": {**row(0.9), "command": "new"}})
+    assert list(merged) == ["Classical (best of 5, HOG+stats)", "AlexNet", "Ensemble of the CNNs"]
+    assert merged["AlexNet"]["acc_mean"] == 0.9 and merged["AlexNet"]["command"] == "new"
+    assert merged["Classical (best of 5, HOG+stats)"]["command"] == "old"
+    assert accuracy._merge_rows(None, {"AlexNet": row(0.9)}) == {"AlexNet": row(0.9)}
+
+    res = {"machine": {"cpu": "x", "cores": 2, "gpu": None, "python": "3", "torch": "2"}, "command": "new",
+           "datasets": {"breastmnist": {"majority_rate": 0.731, "ours": merged, "published": [], "command": "new"}}}
+    monkeypatch.setattr(report, "_load", lambda name: res)
+    block = report.accuracy_block()
+    assert "[1] `old`; [2] `new`" in block
+    assert "| **medcls: AlexNet** [2] | 0.900 |" in block and "| **medcls: Ensemble of the CNNs** [1] | 0.700 |" in block
