@@ -91,7 +91,23 @@ def speed_block() -> str:
     return "\n".join(lines)
 
 
-BLOCKS = {"accuracy": accuracy_block, "speed": speed_block}
+def semi_block() -> str:
+    r = _load("semi")
+    if r is None:
+        return "_No semi-supervised run recorded yet: run `python bench/semi.py`._"
+    lines = [f"Measured with `{r['command']}` on {_machine(r['machine'])}: {r['data']}, {r['model']}, "
+             f"{r['epochs']} epochs, test split; each method uses the same labelled subset as the supervised "
+             "baseline plus the rest of the training images without labels.", "",
+             "| labels | method | AUC | ACC | AUC gain | ACC gain | time |", "|---|---|---|---|---|---|---|"]
+    for f, rows in r["fractions"].items():
+        for name, x in rows.items():
+            gain = (f"{x['auc_gain']:+.3f} | {x['acc_gain']:+.3f}" if "auc_gain" in x else "– | –")
+            lines.append(f"| {float(f):.0%} | {name} | {x['auc']:.3f} | {x['acc']:.3f} | {gain} | "
+                         f"{x['seconds']:.0f} s |")
+    return "\n".join(lines)
+
+
+BLOCKS = {"accuracy": accuracy_block, "speed": speed_block, "semi": semi_block}
 
 
 def render(text: str) -> str:

@@ -47,6 +47,17 @@ def _check_speed(res: dict):
     assert c["reading"]["files"] > 0 and c["hog"]["ratio"] > 0
 
 
+def _check_semi(res: dict):
+    assert {"machine", "command", "data", "model", "epochs", "fractions"} <= set(res)
+    for rows in res["fractions"].values():
+        assert "supervised" in rows and len(rows) > 1
+        for name, r in rows.items():
+            assert 0 <= r["acc"] <= 1 and 0 <= r["auc"] <= 1 and r["seconds"] > 0
+            if name != "supervised":
+                assert r["auc_gain"] == pytest.approx(r["auc"] - rows["supervised"]["auc"])
+                assert r["acc_gain"] == pytest.approx(r["acc"] - rows["supervised"]["acc"])
+
+
 @pytest.mark.slow
 def test_quick_accuracy_bench_writes_its_json(tmp_path, medmnist_dir):
     # one 2-D and one 3-D set, two CNNs and their ensemble: every code path of the bench in ~3 minutes
@@ -67,7 +78,7 @@ def test_quick_speed_bench_writes_its_json(tmp_path, medmnist_dir):
 
 
 def test_committed_results_have_the_schema():
-    for name, check in (("accuracy", _check_accuracy), ("speed", _check_speed)):
+    for name, check in (("accuracy", _check_accuracy), ("speed", _check_speed), ("semi", _check_semi)):
         p = REPO / "bench" / "results" / f"{name}.json"
         if p.is_file():
             check(json.loads(p.read_text()))
@@ -93,18 +104,20 @@ def test_readme_tables_equal_the_json():
                   if v is not None}
         known |= {f"{d['majority_rate']:.3f}" for d in res["datasets"].values()}
         assert numbers <= known
+    semi = REPO / "bench" / "results" / "semi.json"
+    if semi.is_file():
+        block = readme.split("<!-- bench:semi -->")[1].split("<!-- /bench:semi -->")[0]
+        for rows in json.loads(semi.read_text())["fractions"].values():
+            for r in rows.values():
+                assert f"| {r['auc']:.3f} | {r['acc']:.3f} |" in block
 
 
 @pytest.mark.slow
 def test_quick_semi_bench_writes_its_json(tmp_path, medmnist_dir):
     _run("semi.py", tmp_path, "--fractions", "0.1", "--methods", "pseudo", "fixmatch")
     res = json.loads((tmp_path / "semi_quick.json").read_text())
-    rows = res["fractions"]["0.1"]
-    assert set(rows) == {"supervised", "pseudo", "fixmatch"}
-    for name, r in rows.items():
-        assert 0 <= r["acc"] <= 1 and 0 <= r["auc"] <= 1 and r["seconds"] > 0
-        if name != "supervised":
-            assert r["auc_gain"] == pytest.approx(r["auc"] - rows["supervised"]["auc"])
+    _check_semi(res)
+    assert set(res["fractions"]["0.1"]) == {"supervised", "pseudo", "fixmatch"}
 
 
 def test_merge_keeps_rows_not_rerun_and_readme_names_each_rows_command(monkeypatch):
