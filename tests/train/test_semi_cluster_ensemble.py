@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from medcls.train.checkpoint import load_state
+from medcls.train.engine import pseudo_labels
 from medcls.train.ssl import nt_xent
 from tests.conftest import run_cli
 
@@ -23,6 +25,26 @@ def test_semi_supervised_runs_and_reports(method, medmnist_dir, tmp_path, capsys
     assert lab + unl == 320 and lab == pytest.approx(32, abs=2)  # 10 % per class, rounded
     m = json.loads((run / "metrics.json").read_text())
     assert 0 <= m["test"]["auc"] <= 1
+    # an epoch is one pass over the labelled items for every method: the LR schedule runs its full course
+    steps = meta["train"]["epochs_resolved"] * -(-lab // meta["train"]["batch_size_resolved"])
+    assert load_state(run / "state.pt")["scheduler"]["last_epoch"] == steps
+    if method == "pseudo":
+        assert "n_pseudo" in (run / "history.csv").read_text().splitlines()[0]
+
+
+def test_pseudo_labels_keep_the_labelled_class_ratio():
+    rng = np.random.default_rng(0)
+    # an early model sure of the majority class for 300 items, of the minority class for 20
+    probs = np.concatenate([np.stack([1 - (p := rng.uniform(0.96, 1, 300)), p], 1),
+                            np.stack([q := rng.uniform(0.96, 1, 20), 1 - q], 1),
+                            np.full((50, 2), 0.5)])
+    pick, lab = pseudo_labels(probs, np.array([0.25, 0.75]))
+    assert np.bincount(lab, minlength=2).tolist() == [20, 60]  # 20 minority bound the total at 80
+    ones = pick[lab == 1]
+    assert probs[ones, 1].min() >= np.sort(probs[:300, 1])[-60]  # the most confident of the majority
+    assert not np.isin(np.arange(320, 370), pick).any()  # unsure items never
+    pick, lab = pseudo_labels(probs[:300], np.array([0.25, 0.75]))
+    assert len(pick) == 0  # never confident of the minority class: no pseudo-labels yet
 
 
 def test_labelled_fraction_without_semi_uses_only_labelled(medmnist_dir, tmp_path, capsys):
