@@ -224,7 +224,8 @@ def train(
     balance: str = typer.Option("weighted", "--balance", help="weighted | sampler | none"),
     augment: str = typer.Option("auto", "--augment", help="auto | none | light | strong"),
     hflip: Optional[bool] = typer.Option(None, "--hflip/--no-hflip", help="Default: by dataset/modality."),
-    patience: int = typer.Option(8, "--patience", help="Early stopping on validation AUC."),
+    patience: Optional[int] = typer.Option(None, "--patience", help="Early stopping on validation AUC "
+                                           "[default: half the epochs, at least 8]."),
     clip_grad: Optional[float] = typer.Option(None, "--clip-grad", help="Clip the gradient norm to this."),
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Validate and keep a moving average of the weights."),
     seed: int = typer.Option(0, "--seed"),

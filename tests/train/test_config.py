@@ -44,3 +44,37 @@ def test_ema_time_constant_is_about_two_epochs():
     assert TrainConfig.ema_decay(1) == 0.9  # bounded for tiny runs
     assert TrainConfig.ema_decay(10**6) == 0.9999
     assert TrainConfig(data="x").ema is True
+
+
+def test_auto_patience_is_half_the_epochs_but_at_least_8():
+    assert TrainConfig(data="x").patience_for(37) == 18  # BreastMNIST: no stop before the LR has decayed
+    assert TrainConfig(data="x").patience_for(4) == 8
+    assert TrainConfig(data="x", patience=3).patience_for(37) == 3
+    with pytest.raises(MedclsError):
+        TrainConfig(data="x", patience=0)
+
+
+def test_weight_ema_warms_up_then_settles_to_its_decay():
+    import torch
+    from torch.optim.swa_utils import AveragedModel
+
+    from medcls.train.engine import ema_multi_avg_fn
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.BatchNorm1d(1))
+    ema = AveragedModel(model, multi_avg_fn=ema_multi_avg_fn(0.99), use_buffers=True)
+    ema.update_parameters(model)  # the first call copies
+    with torch.no_grad():
+        model[0].bias.fill_(1.0)
+        model[1].num_batches_tracked.fill_(7)
+    old = ema.module[0].bias.clone()
+    ema.update_parameters(model)  # t = 1: decay (1 + 1) / (10 + 1), not 0.99
+    d = 2 / 11
+    assert torch.allclose(ema.module[0].bias, d * old + (1 - d) * 1.0)
+    assert int(ema.module[1].num_batches_tracked) == 7  # integer buffers follow the model
+    for _ in range(2000):
+        ema.update_parameters(model)
+    prev = ema.module[0].bias.clone()
+    with torch.no_grad():
+        model[0].bias.fill_(2.0)
+    ema.update_parameters(model)  # late: the configured decay
+    assert torch.allclose(ema.module[0].bias, 0.99 * prev + 0.01 * 2.0)
