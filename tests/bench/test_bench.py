@@ -47,6 +47,16 @@ def _check_speed(res: dict):
     assert c["reading"]["files"] > 0 and c["hog"]["ratio"] > 0
 
 
+def _check_speed_gpu(res: dict):
+    g = res["gpu"]
+    assert g["name"] and res["command"].startswith("python bench/speed.py --gpu")
+    for x in g["cnn"]:
+        assert x["train_images_per_s"] > 0 and x["plain_train_images_per_s"] > 0
+        assert x["train_speedup"] == pytest.approx(x["train_images_per_s"] / x["plain_train_images_per_s"])
+    for x in g["amp"]:
+        assert x["amp_speedup"] == pytest.approx(x["amp_images_per_s"] / x["fp32_images_per_s"])
+
+
 def _check_semi(res: dict):
     assert {"machine", "command", "data", "model", "epochs", "fractions"} <= set(res)
     for rows in res["fractions"].values():
@@ -78,7 +88,8 @@ def test_quick_speed_bench_writes_its_json(tmp_path, medmnist_dir):
 
 
 def test_committed_results_have_the_schema():
-    for name, check in (("accuracy", _check_accuracy), ("speed", _check_speed), ("semi", _check_semi)):
+    for name, check in (("accuracy", _check_accuracy), ("speed", _check_speed), ("semi", _check_semi),
+                        ("speed_gpu", _check_speed_gpu)):
         p = REPO / "bench" / "results" / f"{name}.json"
         if p.is_file():
             check(json.loads(p.read_text()))
@@ -104,6 +115,11 @@ def test_readme_tables_equal_the_json():
                   if v is not None}
         known |= {f"{d['majority_rate']:.3f}" for d in res["datasets"].values()}
         assert numbers <= known
+    gpu = REPO / "bench" / "results" / "speed_gpu.json"
+    if gpu.is_file():
+        block = readme.split("<!-- bench:speed -->")[1].split("<!-- /bench:speed -->")[0]
+        for x in json.loads(gpu.read_text())["gpu"]["cnn"]:
+            assert f"| {x['model']} | {x['size']} | {x['batch']} | {x['train_images_per_s']:.0f} |" in block
     semi = REPO / "bench" / "results" / "semi.json"
     if semi.is_file():
         block = readme.split("<!-- bench:semi -->")[1].split("<!-- /bench:semi -->")[0]
@@ -143,3 +159,15 @@ def test_merge_keeps_rows_not_rerun_and_readme_names_each_rows_command(monkeypat
     block = report.accuracy_block()
     assert "[1] `old`; [2] `new`" in block
     assert "| **medcls: AlexNet** [2] | 0.900 |" in block and "| **medcls: Ensemble of the CNNs** [1] | 0.700 |" in block
+
+
+def test_gpu_speed_bench_says_plainly_when_there_is_no_cuda(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the --gpu bench runs for real here")
+    env = {**os.environ, "MEDCLS_BENCH_RESULTS": str(tmp_path)}
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "speed.py"), "--gpu"], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "needs CUDA" in r.stderr
+    assert not list(tmp_path.glob("*.json"))
