@@ -364,6 +364,10 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
         best_auc = float(st["best_auc"])
         bad_epochs = int(st["bad_epochs"])
         history = [dict(zip(st["history_keys"], row)) for row in st["history"].tolist()] if len(st["history"]) else []
+        for r in history:  # stored as float64; counts go back to integers
+            for key in ("epoch", "n_pseudo"):
+                if key in r:
+                    r[key] = int(r[key])
         set_rng_state(st["rng"])
         _log(f"resuming {run.root} after epoch {start_epoch}")
     else:
