@@ -39,11 +39,12 @@ VARIANTS = {
     "pat8_ep2x": dict(patience=8, _epoch_mult=2),
     "sgd": dict(optimizer="sgd"),
     "noema": dict(ema=False),
+    "nohflip": dict(hflip=False),
 }
 
 
 def one(args):
-    dataset, model, variant, seed, outdir, data_dir, n, quick = args
+    dataset, model, variant, seed, outdir, data_dir, n, quick, tta = args
     import contextlib
     import csv
     import io
@@ -71,9 +72,18 @@ def one(args):
     m = json.load(open(f"{run}/metrics.json"))
     hist = list(csv.DictReader(open(f"{run}/history.csv")))
     best = max(hist, key=lambda r: float(r["val_auc"]))
-    return dict(dataset=dataset, model=model, variant=variant, seed=seed, secs=round(time.time() - t0, 1),
-                val_auc=m["val"]["auc"], test_auc=m["test"]["auc"], test_acc=m["test"]["acc"],
-                best_epoch=int(best["epoch"]), epochs_run=len(hist))
+    row = dict(dataset=dataset, model=model, variant=variant, seed=seed, secs=round(time.time() - t0, 1),
+               val_auc=m["val"]["auc"], test_auc=m["test"]["auc"], test_acc=m["test"]["acc"],
+               best_epoch=int(best["epoch"]), epochs_run=len(hist))
+    if tta:  # the same weights, each test prediction averaged with that of the mirror image
+        from medcls.evaluate.metrics import auc_score
+        from medcls.runs import load_run
+
+        r = load_run(run, os.environ.get("MEDCLS_DEVICE", "auto"))
+        r.meta["preprocess"]["tta"] = "flip"
+        p, y = r.sample_probs(r.load_dataset(), "test")
+        row.update(test_auc_flip_tta=auc_score(y, p, r.task), test_acc_flip_tta=float((p.argmax(1) == y).mean()))
+    return row
 
 
 if __name__ == "__main__":
@@ -85,6 +95,7 @@ if __name__ == "__main__":
     ap.add_argument("--workers", type=int, default=6)
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--quick", action="store_true", help="1 epoch on 64 images per job: a smoke test")
+    ap.add_argument("--tta", action="store_true", help="also score each run with flip test-time augmentation")
     ap.add_argument("--out", default=None, help="run folders (default: a temp folder, removed at the end)")
     ap.add_argument("--json", default=None, help="default bench/results/sweep_DATASET.json")
     a = ap.parse_args()
@@ -100,7 +111,8 @@ if __name__ == "__main__":
     n = len(prepare_data(TrainConfig(data=a.dataset, data_dir=a.data_dir))[1]["train"].y)  # items per epoch
     out = a.out or tempfile.mkdtemp(prefix="medcls-sweep-")
     a.json = a.json or str(Path(__file__).resolve().parent / "results" / f"sweep_{a.dataset}.json")
-    jobs = [(a.dataset, m, v, s, out, a.data_dir, n, a.quick) for m in a.models for v in a.variants for s in a.seeds]
+    jobs = [(a.dataset, m, v, s, out, a.data_dir, n, a.quick, a.tta)
+            for m in a.models for v in a.variants for s in a.seeds]
     rows = []
     import multiprocessing as mp
 
@@ -128,3 +140,7 @@ if __name__ == "__main__":
             print(f"{m:10s} {v:14s} {np.mean([r['val_auc'] for r in rr]):7.3f} {ta.mean():8.3f} {ta.std():5.3f} "
                   f"{ta.min():5.3f} {tc.mean():8.3f} {tc.std():5.3f} {tc.min():5.3f} "
                   f"{np.mean([r['secs'] for r in rr]):6.1f}")
+            if a.tta:
+                tf = np.array([r["test_auc_flip_tta"] for r in rr])
+                print(f"{'':10s} {'+ flip TTA':14s} {'':7s} {tf.mean():8.3f} {tf.std():5.3f} {tf.min():5.3f} "
+                      f"{np.mean([r['test_acc_flip_tta'] for r in rr]):8.3f}")

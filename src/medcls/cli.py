@@ -224,6 +224,8 @@ def train(
     balance: str = typer.Option("weighted", "--balance", help="weighted | sampler | none"),
     augment: str = typer.Option("auto", "--augment", help="auto | none | light | strong"),
     hflip: Optional[bool] = typer.Option(None, "--hflip/--no-hflip", help="Default: by dataset/modality."),
+    tta: str = typer.Option("none", "--tta", help="none | flip: average each prediction with that of its "
+                            "mirror image (validation, evaluate, predict)."),
     patience: Optional[int] = typer.Option(None, "--patience", help="Early stopping on validation AUC "
                                            "[default: half the epochs, at least 8]."),
     clip_grad: Optional[float] = typer.Option(None, "--clip-grad", help="Clip the gradient norm to this."),
@@ -255,7 +257,7 @@ def train(
         cfg = TrainConfig(data=data, model=model, out=str(out or Path("runs") / f"{Path(data).stem}-{model}"),
                           data_dir=str(data_dir) if data_dir else None, size=size, channels=channels, epochs=epochs,
                           batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
-                          label_smoothing=label_smoothing, balance=balance, augment=augment, hflip=hflip,
+                          label_smoothing=label_smoothing, balance=balance, augment=augment, hflip=hflip, tta=tta,
                           patience=patience, clip_grad=clip_grad, ema=ema, seed=seed, device=device, volume_mode=volume_mode,
                           labelled_fraction=labelled_fraction, semi=semi, model_kwargs=kwargs,
                           max_train_samples=max_train_samples)

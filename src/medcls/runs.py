@@ -137,7 +137,8 @@ class CNNRun(_Run):
     def predict_items(self, x: np.ndarray) -> np.ndarray:
         from medcls.train.engine import predict_items
 
-        return predict_items(self.model, self._fit_size(x), self.norm, self.device, self.task)
+        tta = self.meta["preprocess"].get("tta", "none")  # runs written before --tta: none
+        return predict_items(self.model, self._fit_size(x), self.norm, self.device, self.task, tta=tta)
 
     def sample_probs(self, ds, split: str) -> tuple[np.ndarray, np.ndarray]:
         from medcls.train.engine import aggregate

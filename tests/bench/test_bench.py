@@ -179,7 +179,7 @@ def test_quick_sweep_runs_each_variant_and_seed(tmp_path, medmnist_dir):
     env = {**os.environ, "TQDM_DISABLE": "1", "MEDCLS_DEVICE": "cpu"}
     r = subprocess.run([sys.executable, str(REPO / "bench" / "sweep.py"), "--quick", "--dataset", "breastmnist",
                         "--data-dir", str(medmnist_dir), "--models", "alexnet", "--variants", "base", "plain_ema",
-                        "--seeds", "0", "--workers", "2", "--out", str(tmp_path / "runs"), "--json", str(out)],
+                        "--seeds", "0", "--workers", "2", "--tta", "--out", str(tmp_path / "runs"), "--json", str(out)],
                        env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     res = json.loads(out.read_text())
@@ -187,7 +187,9 @@ def test_quick_sweep_runs_each_variant_and_seed(tmp_path, medmnist_dir):
     assert sorted(x["variant"] for x in res["rows"]) == ["base", "plain_ema"]
     for x in res["rows"]:
         assert 0 <= x["test_auc"] <= 1 and x["epochs_run"] == 1
-    assert "plain_ema" in r.stdout.split("variant")[-1]  # the summary table
+        assert 0 <= x["test_auc_flip_tta"] <= 1 and 0 <= x["test_acc_flip_tta"] <= 1
+    table = r.stdout.split("variant")[-1]
+    assert "plain_ema" in table and "+ flip TTA" in table  # the summary table
     bad = subprocess.run([sys.executable, str(REPO / "bench" / "sweep.py"), "--variants", "nope"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "unknown variants" in bad.stderr

@@ -78,3 +78,9 @@ def test_weight_ema_warms_up_then_settles_to_its_decay():
         model[0].bias.fill_(2.0)
     ema.update_parameters(model)  # late: the configured decay
     assert torch.allclose(ema.module[0].bias, 0.99 * prev + 0.01 * 2.0)
+
+
+def test_flip_tta_is_asked_for_not_default():
+    assert TrainConfig(data="x").tta == "none"  # measured: no gain on BreastMNIST (see README)
+    with pytest.raises(MedclsError, match="tta"):
+        TrainConfig(data="x", tta="rot90")

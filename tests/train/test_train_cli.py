@@ -90,6 +90,27 @@ def test_predict_png_equals_training_input(medmnist_dir, tmp_path, capsys):
     np.testing.assert_allclose(pred.probs, probs[3], atol=1e-5)
 
 
+def test_flip_tta_gives_mirror_images_one_prediction(medmnist_dir, tmp_path, capsys):
+    """With --tta flip an image and its mirror image get the same prediction; without, they do not."""
+    from medcls.runs import load_run
+
+    x = np.load(medmnist_dir / "breastmnist.npz")["test_images"][:4]
+    for i, img in enumerate(x):
+        Image.fromarray(img).save(tmp_path / f"{i}.png")
+        Image.fromarray(np.ascontiguousarray(img[:, ::-1])).save(tmp_path / f"{i}m.png")
+    files = [tmp_path / f"{i}{m}.png" for i in range(len(x)) for m in ("", "m")]
+    gaps = {}
+    for tta in ("flip", "none"):
+        run = tmp_path / tta
+        rc, _, err = run_cli(["train", "--data", "breastmnist", "--data-dir", medmnist_dir, "--out", run, *FAST,
+                              "--tta", tta, "--no-ema"], capsys)
+        assert rc == 0, err
+        assert json.loads((run / "config.json").read_text())["preprocess"]["tta"] == tta
+        logp = np.log(np.stack([r.probs for r in load_run(run).predict_files(files)]).clip(1e-30))
+        gaps[tta] = np.abs(logp[0::2] - logp[1::2]).max()  # log: a one-epoch model's probabilities saturate
+    assert gaps["flip"] < 1e-4 and gaps["none"] > 1e-2
+
+
 def _real_pngs(medmnist_dir, root: Path, n=20):
     z = np.load(medmnist_dir / "pneumoniamnist.npz")
     x, y = z["train_images"], z["train_labels"].ravel()

@@ -31,6 +31,7 @@ class TrainConfig:
     balance: str = "weighted"  # weighted | sampler | none
     augment: str = "auto"  # auto | none | light | strong
     hflip: bool | None = None  # None: decided by dataset/modality
+    tta: str = "none"  # none | flip: average each prediction with that of the mirror image
     patience: int | None = None  # early stopping on validation AUC; None: auto, half the epochs (>= 8)
     clip_grad: float | None = None  # clip the gradient norm to this
     ema: bool = True  # validate, keep and ship an exponential moving average of the weights
@@ -52,6 +53,8 @@ class TrainConfig:
             raise MedclsError(f"--balance must be weighted, sampler or none, not {self.balance!r}")
         if self.augment not in ("auto", "none", "light", "strong"):
             raise MedclsError(f"--augment must be auto, none, light or strong, not {self.augment!r}")
+        if self.tta not in ("none", "flip"):
+            raise MedclsError(f"--tta must be none or flip, not {self.tta!r}")
         if self.semi not in (None, "pseudo", "fixmatch", "meanteacher"):
             raise MedclsError(f"--semi must be pseudo, fixmatch or meanteacher, not {self.semi!r}")
         if not 0 < self.labelled_fraction <= 1:

@@ -124,15 +124,27 @@ def _autocast(device: torch.device, enabled: bool):
 
 @torch.no_grad()
 def predict_items(model: nn.Module, x: np.ndarray, norm: Normaliser, device: torch.device, task: str,
-                  batch_size: int = 256, amp: bool = True) -> np.ndarray:
-    """Probabilities for uint8 items ``(N, C, H, W)``: softmax, or sigmoid for multi-label."""
+                  batch_size: int = 256, amp: bool = True, tta: str = "none") -> np.ndarray:
+    """Probabilities for uint8 items ``(N, C, H, W)``: softmax, or sigmoid for multi-label.
+
+    ``tta="flip"`` averages the probabilities of each item and its left-right mirror image.
+    """
+    if tta not in ("none", "flip"):
+        raise ValueError(f"tta must be 'none' or 'flip', got {tta!r}")
     model.eval()
     out = []
-    for i in range(0, len(x), batch_size):
-        xb = norm(_to_device_batch(x, np.arange(i, min(i + batch_size, len(x))), device))
+
+    def probs(xb: torch.Tensor) -> torch.Tensor:
         with _autocast(device, amp):
             logits = model(xb).float()
-        out.append((torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, 1)).cpu().numpy())
+        return torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, 1)
+
+    for i in range(0, len(x), batch_size):
+        xb = norm(_to_device_batch(x, np.arange(i, min(i + batch_size, len(x))), device))
+        p = probs(xb)
+        if tta == "flip":
+            p = (p + probs(xb.flip(-1))) / 2
+        out.append(p.cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
 
 
@@ -329,6 +341,7 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
     hflip = cfg.hflip if cfg.hflip is not None else default_hflip(ds.name, ds.modality)
     preset = "light" if cfg.augment == "auto" else cfg.augment
     aug = Augment(preset, hflip)
+    tta = cfg.tta
     weak, strong = Augment("light" if preset != "none" else "none", hflip), Augment("strong", hflip)
 
     meta = {
@@ -342,7 +355,7 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
                  "volume_slices": cfg.volume_slices, "n_train_labelled": int(len(np.unique(train.sample[labelled]))),
                  "n_train_unlabelled": int(len(np.unique(train.sample[~labelled]))) if cfg.semi else 0},
         "preprocess": {"mean": norm.mean, "std": norm.std, "preparation": run_prep.to_dict(),
-                       "hflip": hflip, "augment": preset},
+                       "hflip": hflip, "augment": preset, "tta": tta},
         "device": str(device),
     }
 
@@ -393,7 +406,7 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
         x_ep, y_ep, n_pseudo = x_l, y_l, 0
         if cfg.semi == "pseudo" and len(x_u) and epoch >= max(1, epochs // 5):
             # labels from the validated (EMA) weights, balanced to the labelled class ratio
-            pick, lab = pseudo_labels(predict_items(eval_model, x_u, norm, device, task, amp=cfg.amp), prior_l)
+            pick, lab = pseudo_labels(predict_items(eval_model, x_u, norm, device, task, amp=cfg.amp, tta=tta), prior_l)
             x_ep = np.concatenate([x_l, x_u[pick]])
             y_ep = np.concatenate([y_l, lab.astype(y_l.dtype)])
             n_pseudo = len(pick)
@@ -434,7 +447,7 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
             bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
         bar.close()
         secs = time.perf_counter() - t0
-        pv = predict_items(eval_model, val.x, norm, device, task, amp=cfg.amp)
+        pv = predict_items(eval_model, val.x, norm, device, task, amp=cfg.amp, tta=tta)
         pv_s, yv_s = aggregate(pv, val.sample, val.y)
         from medcls.evaluate.metrics import auc_score
 
