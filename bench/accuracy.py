@@ -162,6 +162,8 @@ def _bench(a, argv, work: Path) -> int:
         results["datasets"][data] = {"majority_rate": maj, "ours": ours, "published": reference_rows(pub, data),
                                      "command": command}
         _print_table(data, results["datasets"][data])
+        order = {d: i for i, d in enumerate(DATASETS)}  # a merged dataset keeps its place in the tables
+        results["datasets"] = dict(sorted(results["datasets"].items(), key=lambda kv: order.get(kv[0], len(order))))
         write_results(name, results)  # after each dataset, so a long run keeps what it finished
     out = write_results(name, results)
     print(f"\nwrote {out}")
