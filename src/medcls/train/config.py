@@ -8,7 +8,9 @@ from pathlib import Path
 
 from medcls.errors import MedclsError
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "TTA_MODES"]
+
+TTA_MODES = ("none", "flip")  # test-time augmentation: none, or the mean with the mirror image
 
 
 @dataclass
@@ -53,7 +55,7 @@ class TrainConfig:
             raise MedclsError(f"--balance must be weighted, sampler or none, not {self.balance!r}")
         if self.augment not in ("auto", "none", "light", "strong"):
             raise MedclsError(f"--augment must be auto, none, light or strong, not {self.augment!r}")
-        if self.tta not in ("none", "flip"):
+        if self.tta not in TTA_MODES:
             raise MedclsError(f"--tta must be none or flip, not {self.tta!r}")
         if self.semi not in (None, "pseudo", "fixmatch", "meanteacher"):
             raise MedclsError(f"--semi must be pseudo, fixmatch or meanteacher, not {self.semi!r}")

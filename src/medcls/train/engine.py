@@ -30,7 +30,7 @@ from medcls._atomic import write_json, write_text
 from medcls.errors import MedclsError
 from medcls.train.augment import Augment
 from medcls.train.checkpoint import load_state, load_weights, rng_state, save_state, save_weights, set_rng_state
-from medcls.train.config import TrainConfig
+from medcls.train.config import TTA_MODES, TrainConfig
 from medcls.train.tensors import MODALITY_OF_FAMILY, TrainArrays, default_hflip, to_arrays
 
 __all__ = ["select_device", "fit", "train_step", "predict_items", "aggregate", "build_model", "Normaliser",
@@ -129,8 +129,8 @@ def predict_items(model: nn.Module, x: np.ndarray, norm: Normaliser, device: tor
 
     ``tta="flip"`` averages the probabilities of each item and its left-right mirror image.
     """
-    if tta not in ("none", "flip"):
-        raise ValueError(f"tta must be 'none' or 'flip', got {tta!r}")
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
     model.eval()
     out = []
 
@@ -341,7 +341,6 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
     hflip = cfg.hflip if cfg.hflip is not None else default_hflip(ds.name, ds.modality)
     preset = "light" if cfg.augment == "auto" else cfg.augment
     aug = Augment(preset, hflip)
-    tta = cfg.tta
     weak, strong = Augment("light" if preset != "none" else "none", hflip), Augment("strong", hflip)
 
     meta = {
@@ -355,7 +354,7 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
                  "volume_slices": cfg.volume_slices, "n_train_labelled": int(len(np.unique(train.sample[labelled]))),
                  "n_train_unlabelled": int(len(np.unique(train.sample[~labelled]))) if cfg.semi else 0},
         "preprocess": {"mean": norm.mean, "std": norm.std, "preparation": run_prep.to_dict(),
-                       "hflip": hflip, "augment": preset, "tta": tta},
+                       "hflip": hflip, "augment": preset, "tta": cfg.tta},
         "device": str(device),
     }
 
@@ -406,7 +405,8 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
         x_ep, y_ep, n_pseudo = x_l, y_l, 0
         if cfg.semi == "pseudo" and len(x_u) and epoch >= max(1, epochs // 5):
             # labels from the validated (EMA) weights, balanced to the labelled class ratio
-            pick, lab = pseudo_labels(predict_items(eval_model, x_u, norm, device, task, amp=cfg.amp, tta=tta), prior_l)
+            pu = predict_items(eval_model, x_u, norm, device, task, amp=cfg.amp, tta=cfg.tta)
+            pick, lab = pseudo_labels(pu, prior_l)
             x_ep = np.concatenate([x_l, x_u[pick]])
             y_ep = np.concatenate([y_l, lab.astype(y_l.dtype)])
             n_pseudo = len(pick)
@@ -447,7 +447,7 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
             bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
         bar.close()
         secs = time.perf_counter() - t0
-        pv = predict_items(eval_model, val.x, norm, device, task, amp=cfg.amp, tta=tta)
+        pv = predict_items(eval_model, val.x, norm, device, task, amp=cfg.amp, tta=cfg.tta)
         pv_s, yv_s = aggregate(pv, val.sample, val.y)
         from medcls.evaluate.metrics import auc_score
 
