@@ -275,8 +275,9 @@ def gpu_table(quick: bool) -> list[dict]:
     return rows
 
 
-def gpu_main(a) -> int:
-    """The GPU tables alone (``--gpu``): ours (AMP) vs the plain loop, and fp32 vs AMP; writes speed_gpu.json."""
+def gpu_main(a, name: str | None = None) -> int:
+    """The GPU tables alone (``--gpu``): ours (AMP) vs the plain loop, and fp32 vs AMP; writes speed_gpu.json
+    (or ``name``.json)."""
     if not torch.cuda.is_available():
         print("--gpu needs CUDA; this machine has none", file=sys.stderr)
         return 2
@@ -285,7 +286,7 @@ def gpu_main(a) -> int:
            "command": "python bench/speed.py --gpu" + (" --quick" if a.quick else ""),
            "gpu": {"name": torch.cuda.get_device_name(0), "cuda": torch.version.cuda,
                    "cnn": cnn_table(dev, a.quick, matmul_peak(dev, n=4096)), "amp": gpu_table(a.quick)}}
-    out = write_results(a.name or ("speed_gpu_quick" if a.quick else "speed_gpu"), res)
+    out = write_results(name or a.name or ("speed_gpu_quick" if a.quick else "speed_gpu"), res)
     print(f"wrote {out}")
     return 0
 
@@ -315,7 +316,7 @@ def main(argv=None) -> int:
           f"img/s ({h['ratio']:.2f}x)")
     if torch.cuda.is_available():
         print("CUDA is here: the GPU tables follow (also alone with --gpu)", flush=True)
-        gpu_main(a)
+        gpu_main(a, name=f"{a.name}_gpu" if a.name else None)  # not into the CPU results' file
     out = write_results(a.name or ("speed_quick" if a.quick else "speed"), res)
     print(f"wrote {out}")
     return 0
