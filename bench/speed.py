@@ -71,12 +71,12 @@ def _data(n: int, size: int, seed: int = 0):
 
 def ours_train(name: str, x, y, batch: int, steps: int, device, amp=True, compile_=False) -> float:
     from medcls.train.augment import Augment
-    from medcls.train.engine import Normaliser, build_model, train_step
+    from medcls.train.engine import Normaliser, build_model, make_optimizer, train_step
 
     model = build_model(name, 2, 1, x.shape[-1], {}).to(device).to(memory_format=torch.channels_last)
     if compile_:
         model = torch.compile(model)
-    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    opt = make_optimizer("adamw", [{"params": model.parameters()}], 1e-3)  # fused, as medcls train
     crit = torch.nn.CrossEntropyLoss()
     norm, aug = Normaliser.fit(x), Augment("light", False)
     scaler = torch.amp.GradScaler("cuda", enabled=False)

@@ -174,6 +174,19 @@ def test_lrn_intra_channel_formula():
     torch.testing.assert_close(LocalResponseNorm(n, alpha, beta, k, mode="intra")(x), ref)
 
 
+def test_lrn_gradient_matches_the_pow_form_and_k_must_be_positive():
+    torch.manual_seed(2)
+    x = torch.randn(2, 6, 4, 4, requires_grad=True)
+    n, alpha, beta, k = 5, 0.05, 0.75, 2.0
+    LocalResponseNorm(n, alpha, beta, k)(x).square().sum().backward()
+    g = x.grad.clone()
+    x.grad = None
+    nn.LocalResponseNorm(n, alpha * n, beta, k)(x).square().sum().backward()  # x / (.)^beta, autograd's own
+    torch.testing.assert_close(g, x.grad)
+    with pytest.raises(ValueError, match="k must be positive"):
+        LocalResponseNorm(n, alpha, beta, 0.0)
+
+
 def test_lrn_groups_normalise_each_half_alone():
     x = torch.randn(1, 8, 2, 2)
     full = LocalResponseNorm(5, 0.1, 0.75, 2.0, groups=2, channels=8)(x)

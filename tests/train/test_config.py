@@ -84,3 +84,47 @@ def test_flip_tta_is_asked_for_not_default():
     assert TrainConfig(data="x").tta == "none"  # measured: no gain on BreastMNIST (see README)
     with pytest.raises(MedclsError, match="tta"):
         TrainConfig(data="x", tta="rot90")
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_optimiser_is_fused_and_steps_as_the_per_parameter_one(name, monkeypatch):
+    import torch
+
+    from medcls.train.engine import make_optimizer
+
+    torch.manual_seed(0)
+    nets = [torch.nn.Linear(5, 3) for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    w0 = nets[0].weight.detach().clone()
+    fused = make_optimizer(name, [{"params": nets[0].parameters(), "weight_decay": 0.01}], 0.1)
+    assert fused.defaults["fused"] is True
+    cls = torch.optim.AdamW if name == "adamw" else torch.optim.SGD
+    kw = {} if name == "adamw" else dict(momentum=0.9, nesterov=True)
+    plain = cls([{"params": nets[1].parameters(), "weight_decay": 0.01}], lr=0.1, **kw)
+    x = torch.randn(8, 5)
+    for _ in range(5):
+        for net, opt in zip(nets, (fused, plain)):
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(nets[0].parameters(), nets[1].parameters()):
+        torch.testing.assert_close(a, b)
+    assert not torch.allclose(nets[0].weight, w0)  # it did step
+
+    def no_fused(*args, fused=None, **kwargs):  # a device without fused kernels
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+        return cls(*args, **kwargs)
+
+    monkeypatch.setattr(torch.optim, cls.__name__, no_fused)
+    fallback = make_optimizer(name, [{"params": nets[0].parameters()}], 0.1)
+    assert not fallback.defaults.get("fused")
+
+
+def test_flips_follow_anatomy_with_measured_dataset_exceptions():
+    from medcls.train.tensors import default_hflip
+
+    assert not default_hflip("mychest", "DX") and not default_hflip("myct", "CT")  # mirrored anatomy
+    assert default_hflip("mybreastus", "US") and default_hflip("slides", "SM")  # no handedness
+    assert not default_hflip("breastmnist", "US")  # BUSI frames keep one layout (measured, see tensors.py)
+    assert not default_hflip("pneumoniamnist", "CR")

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medcls.train.augment import Augment
-from medcls.train.engine import Normaliser, _to_device_batch, build_model
+from medcls.train.engine import Normaliser, _to_device_batch, build_model, make_optimizer
 
 __all__ = ["nt_xent", "pretrain_simclr", "embed"]
 
@@ -39,7 +39,8 @@ def pretrain_simclr(x: np.ndarray, *, model: str = "alexnet_onetower", epochs: i
     with torch.no_grad():
         dim = enc.forward_head(enc.forward_features(torch.zeros(2, c, s, s, device=device)), pre_logits=True).shape[1]
     head = nn.Sequential(nn.Linear(dim, 256), nn.ReLU(), nn.Linear(256, 64)).to(device)
-    opt = torch.optim.AdamW(list(enc.parameters()) + list(head.parameters()), lr=lr, weight_decay=1e-4)
+    params = list(enc.parameters()) + list(head.parameters())
+    opt = make_optimizer("adamw", [{"params": params, "weight_decay": 1e-4}], lr)
     norm = Normaliser.fit(x)
     aug = Augment("strong", hflip=True)
     for ep in range(epochs):
