@@ -40,6 +40,7 @@ VARIANTS = {
     "sgd": dict(optimizer="sgd"),
     "noema": dict(ema=False),
     "nohflip": dict(hflip=False),
+    "hflip": dict(hflip=True),
 }
 
 
