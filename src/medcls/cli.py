@@ -238,6 +238,8 @@ def train(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where MedMNIST files are."),
     max_train_samples: Optional[int] = typer.Option(None, "--max-train-samples", help="Train on a random subset."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run folder."),
+    checkpoint_every: float = typer.Option(60.0, "--checkpoint-every", help="Seconds between checkpoints "
+                                           "(last, best, state; always after the final epoch); 0: every epoch."),
     init: Optional[str] = typer.Option(None, "--init", help="AlexNet weight init: paper | kaiming."),
 ) -> None:
     """Train a CNN; the run folder gets weights, history, metrics.json and report.html."""
@@ -258,7 +260,8 @@ def train(
                           data_dir=str(data_dir) if data_dir else None, size=size, channels=channels, epochs=epochs,
                           batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
                           label_smoothing=label_smoothing, balance=balance, augment=augment, hflip=hflip, tta=tta,
-                          patience=patience, clip_grad=clip_grad, ema=ema, seed=seed, device=device, volume_mode=volume_mode,
+                          patience=patience, clip_grad=clip_grad, ema=ema, seed=seed,
+                          checkpoint_every=checkpoint_every, device=device, volume_mode=volume_mode,
                           labelled_fraction=labelled_fraction, semi=semi, model_kwargs=kwargs,
                           max_train_samples=max_train_samples)
         root = fit(cfg)

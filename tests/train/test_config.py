@@ -37,6 +37,8 @@ def test_bad_values_are_refused():
         TrainConfig(data="x", batch_size=0)
     with pytest.raises(MedclsError, match="optimizer"):
         TrainConfig(data="x", optimizer="adam")
+    with pytest.raises(MedclsError, match="checkpoint-every"):
+        TrainConfig(data="x", checkpoint_every=-1)
 
 
 def test_ema_time_constant_is_about_two_epochs():

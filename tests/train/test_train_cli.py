@@ -157,7 +157,7 @@ def test_multilabel_csv(medmnist_dir, tmp_path, capsys):
 def _train_cmd(out: Path, medmnist_dir: Path, epochs: int) -> list[str]:
     return [sys.executable, "-m", "medcls.cli", "train", "--data", "pneumoniamnist", "--data-dir", str(medmnist_dir),
             "--out", str(out), "--model", "alexnet_onetower", "--epochs", str(epochs), "--batch-size", "32",
-            "--max-train-samples", "256", "--init", "kaiming", "--seed", "3", "--device", "cpu"]
+            "--max-train-samples", "256", "--init", "kaiming", "--seed", "3", "--device", "cpu", "--checkpoint-every", "0"]
 
 
 @pytest.mark.slow
@@ -204,6 +204,30 @@ def test_resume_after_kill_equals_uninterrupted(medmnist_dir, tmp_path):
                 for r in csv.DictReader((d / "history.csv").open())]
 
     assert rows(full) == rows(killed)  # epochs stay integers after a resume, too
+
+
+def test_checkpoints_are_timed_and_the_final_epoch_always_lands(medmnist_dir, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from medcls.train import engine
+    from medcls.train.config import TrainConfig
+
+    writes = []
+    save_state = engine.save_state
+    monkeypatch.setattr(engine, "save_state", lambda path, st: (writes.append(int(st["epoch"])), save_state(path, st)))
+    common = dict(data="breastmnist", data_dir=str(medmnist_dir), model="alexnet_onetower", epochs=3,
+                  max_train_samples=64, limit_eval_samples=32, device="cpu", seed=2)
+    every = engine.fit(TrainConfig(out=str(tmp_path / "every"), checkpoint_every=0, **common), evaluate_at_end=False)
+    assert writes == [1, 2, 3]
+    writes.clear()
+    timed = engine.fit(TrainConfig(out=str(tmp_path / "timed"), checkpoint_every=3600, **common),
+                       evaluate_at_end=False)
+    assert writes == [3], "within the interval only the final epoch is checkpointed"
+    for name in ("last.safetensors", "best.safetensors"):  # a best held back in memory is the same best
+        a, b = load_file(every / name), load_file(timed / name)
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    assert (every / "history.csv").read_text().count("\n") == (timed / "history.csv").read_text().count("\n") == 4
 
 
 def test_weight_ema_is_what_is_validated_and_kept(medmnist_dir, tmp_path):

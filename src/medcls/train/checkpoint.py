@@ -12,7 +12,7 @@ import torch
 
 from medcls.errors import MedclsError
 
-__all__ = ["save_weights", "load_weights", "save_state", "load_state", "rng_state", "set_rng_state"]
+__all__ = ["save_weights", "weights_snapshot", "load_weights", "save_state", "load_state", "rng_state", "set_rng_state"]
 
 
 def _atomic(path: Path, write) -> None:
@@ -29,11 +29,20 @@ def _atomic(path: Path, write) -> None:
             os.unlink(tmp)
 
 
-def save_weights(model: torch.nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """Model weights as safetensors (no pickle), atomically."""
+def weights_snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the model's state dict, unaffected by later training steps."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
+def save_weights(model: torch.nn.Module | dict[str, torch.Tensor], path: str | Path,
+                 metadata: dict[str, str] | None = None) -> None:
+    """Model weights (a module or a :func:`weights_snapshot`) as safetensors (no pickle), atomically."""
     from safetensors.torch import save_file
 
-    sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if isinstance(model, torch.nn.Module):
+        sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    else:
+        sd = model
     _atomic(Path(path), lambda tmp: save_file(sd, tmp, metadata=metadata or {}))
 
 

@@ -38,6 +38,7 @@ class TrainConfig:
     clip_grad: float | None = None  # clip the gradient norm to this
     ema: bool = True  # validate, keep and ship an exponential moving average of the weights
     seed: int = 0
+    checkpoint_every: float = 60.0  # seconds between writes of last/state (and a pending best); 0: every epoch
     device: str = "auto"
     amp: bool = True  # mixed precision on CUDA (bf16 where supported)
     volume_mode: str = "2.5d"  # volumes: slices | 2.5d
@@ -63,6 +64,8 @@ class TrainConfig:
             raise MedclsError(f"--labelled-fraction must be in (0, 1], got {self.labelled_fraction}")
         if self.volume_mode not in ("slices", "2.5d"):
             raise MedclsError(f"--volume-mode must be slices or 2.5d, not {self.volume_mode!r}")
+        if not self.checkpoint_every >= 0:
+            raise MedclsError(f"--checkpoint-every must be 0 or more seconds, got {self.checkpoint_every}")
         if self.patience is not None and self.patience < 1:
             raise MedclsError("--patience must be at least 1")
         if (self.epochs is not None and self.epochs < 1) or (self.batch_size is not None and self.batch_size < 1):

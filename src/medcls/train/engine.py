@@ -29,7 +29,8 @@ from medcls import __version__
 from medcls._atomic import write_json, write_text
 from medcls.errors import MedclsError
 from medcls.train.augment import Augment
-from medcls.train.checkpoint import load_state, load_weights, rng_state, save_state, save_weights, set_rng_state
+from medcls.train.checkpoint import (load_state, load_weights, rng_state, save_state, save_weights, set_rng_state,
+                                    weights_snapshot)
 from medcls.train.config import TTA_MODES, TrainConfig
 from medcls.train.tensors import MODALITY_OF_FAMILY, TrainArrays, default_hflip, to_arrays
 
@@ -394,6 +395,9 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
         meta["train"]["ema_decay_resolved"] = ema_decay
     if not resume:
         write_json(run.config, meta)
+    # Checkpoints (~0.4 GB for AlexNet at 28 px) cost more than a short epoch, so they are written
+    # every cfg.checkpoint_every seconds and after the final epoch; a resume replays from the last one.
+    last_checkpoint, pending_best = time.monotonic(), None
     for epoch in range(start_epoch, epochs):
         if bad_epochs >= patience:
             break
@@ -459,24 +463,32 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
         if cfg.semi == "pseudo":
             row["n_pseudo"] = n_pseudo
         history.append(row)
-        save_weights(model, run.last)  # what training continues from
         if improved:
             best_auc, bad_epochs = val_auc, 0
-            save_weights(eval_model, run.best)
+            pending_best = weights_snapshot(eval_model)  # written with the next checkpoint
         else:
             bad_epochs += 1
-        keys = list(row.keys())
-        state = {"epoch": torch.tensor(epoch + 1), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "best_auc": torch.tensor(best_auc, dtype=torch.float64), "bad_epochs": torch.tensor(bad_epochs),
-                 "history": torch.tensor([[float(r[kk]) for kk in keys] for r in history], dtype=torch.float64),
-                 "history_keys": keys, "rng": rng_state()}
-        if teacher is not None:
-            state["teacher"] = teacher.state_dict()
-        if ema is not None:
-            state["ema"] = ema.state_dict()
-        if scaler.is_enabled():
-            state["scaler"] = scaler.state_dict()
-        save_state(run.state, state)
+        final = epoch + 1 == epochs or bad_epochs >= patience
+        if final or time.monotonic() - last_checkpoint >= cfg.checkpoint_every:
+            # best, then last, then state: state.pt commits the checkpoint, so whatever it
+            # records (epoch, best AUC) is already on disk when a resume reads it
+            if pending_best is not None:
+                save_weights(pending_best, run.best)
+                pending_best = None
+            save_weights(model, run.last)  # what training continues from
+            keys = list(row.keys())
+            state = {"epoch": torch.tensor(epoch + 1), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "best_auc": torch.tensor(best_auc, dtype=torch.float64), "bad_epochs": torch.tensor(bad_epochs),
+                     "history": torch.tensor([[float(r[kk]) for kk in keys] for r in history], dtype=torch.float64),
+                     "history_keys": keys, "rng": rng_state()}
+            if teacher is not None:
+                state["teacher"] = teacher.state_dict()
+            if ema is not None:
+                state["ema"] = ema.state_dict()
+            if scaler.is_enabled():
+                state["scaler"] = scaler.state_dict()
+            save_state(run.state, state)
+            last_checkpoint = time.monotonic()
         _history_write(run.history, history)
         _log(f"epoch {epoch + 1:3d}/{epochs}  loss {row['train_loss']:.4f}  val_loss {lv:.4f}  "
              f"val_auc {val_auc:.4f}  val_acc {val_acc:.4f}  {row['images_per_s']:.0f} img/s"
