@@ -7,6 +7,7 @@ traceback instead.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from medcls.errors import MedclsError, ReadError
+from medcls.errors import MedclsError, ReadError, TrainingStopped
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Classify medical images: read, prepare, train, evaluate.")
@@ -209,6 +210,7 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print a JSON list
 
 @app.command()
 def train(
+    ctx: typer.Context,
     data: Optional[str] = typer.Option(None, "--data", help="MedMNIST name, .npz, class folder or CSV manifest."),
     model: str = typer.Option("vgg11_bn", "--model", help="Model name (see `medcls models`)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder to create."),
@@ -237,21 +239,30 @@ def train(
     semi: Optional[str] = typer.Option(None, "--semi", help="pseudo | fixmatch | meanteacher"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where MedMNIST files are."),
     max_train_samples: Optional[int] = typer.Option(None, "--max-train-samples", help="Train on a random subset."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run folder."),
-    checkpoint_every: float = typer.Option(60.0, "--checkpoint-every", help="Seconds between checkpoints "
-                                           "(last, best, state; always after the final epoch); 0: every epoch."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted (or Ctrl-C-stopped) "
+                                          "run folder with its own configuration."),
+    checkpoint_every: Optional[float] = typer.Option(None, "--checkpoint-every", help="Seconds between checkpoints "
+                                                     "(last, best, state; always after the final epoch and on "
+                                                     "Ctrl-C/SIGTERM); 0: every epoch. [default: 60; on --resume: "
+                                                     "the run's]"),
     init: Optional[str] = typer.Option(None, "--init", help="AlexNet weight init: paper | kaiming."),
 ) -> None:
     """Train a CNN; the run folder gets weights, history, metrics.json and report.html."""
     from medcls.train.config import TrainConfig
-    from medcls.train.engine import fit
 
     if resume is not None:
+        given = ["/".join(p.opts + p.secondary_opts) for p in ctx.command.params if p.name not in ("resume", "checkpoint_every")
+                 and getattr(ctx.get_parameter_source(p.name), "name", None) == "COMMANDLINE"]
+        if given:
+            raise MedclsError(f"--resume continues {resume} with its own configuration; drop "
+                              f"{', '.join(given)} (only --checkpoint-every may change), or train a new run")
         cfg = TrainConfig.load(resume / "config.json") if (resume / "config.json").is_file() else None
         if cfg is None:
             raise MedclsError(f"{resume}: not a run folder (no config.json)")
         cfg.out = str(resume)
-        root = fit(cfg, resume=True)
+        if checkpoint_every is not None:  # the one setting a resume may change: it moves no result
+            cfg = dataclasses.replace(cfg, checkpoint_every=checkpoint_every)
+        root = _fit(cfg, resume=True)
     else:
         if data is None:
             raise MedclsError("--data is required (a MedMNIST name, .npz, class folder or CSV manifest)")
@@ -261,11 +272,23 @@ def train(
                           batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
                           label_smoothing=label_smoothing, balance=balance, augment=augment, hflip=hflip, tta=tta,
                           patience=patience, clip_grad=clip_grad, ema=ema, seed=seed,
-                          checkpoint_every=checkpoint_every, device=device, volume_mode=volume_mode,
+                          checkpoint_every=60.0 if checkpoint_every is None else checkpoint_every,
+                          device=device, volume_mode=volume_mode,
                           labelled_fraction=labelled_fraction, semi=semi, model_kwargs=kwargs,
                           max_train_samples=max_train_samples)
-        root = fit(cfg)
+        root = _fit(cfg)
     _print_metrics(root)
+
+
+def _fit(cfg, resume: bool = False) -> Path:
+    """``fit``, with a stop on request (Ctrl-C, SIGTERM) reported as how to resume, exit 128 + signal."""
+    from medcls.train.engine import fit
+
+    try:
+        return fit(cfg, resume=resume)
+    except TrainingStopped as exc:  # typer would swallow it into a bare exit code 130
+        typer.echo(f"medcls: {exc}", err=True)
+        raise typer.Exit(128 + exc.signum) from None
 
 
 def _print_metrics(root: Path) -> None:
@@ -423,7 +446,6 @@ def demo(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where
     from medcls.io import read
     from medcls.io.samples import DEMO_FILES, sample_dicoms
     from medcls.train.config import TrainConfig
-    from medcls.train.engine import fit
 
     c = Console(width=160)
     ds = load_dataset(dataset, data_dir=data_dir)
@@ -440,7 +462,7 @@ def demo(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where
     c.print(f"\n[bold]Training[/bold] {model} on {ds.name} for {epochs} epoch(s) on this machine's CPU/GPU...")
     cfg = TrainConfig(data=dataset, model=model, out=str(out), data_dir=str(data_dir) if data_dir else None,
                       epochs=epochs, max_train_samples=max_train_samples)
-    root = fit(cfg)
+    root = _fit(cfg)
     _print_metrics(root)
     x, _ = ds.split("test")
     example = root / "example_test_image.png"
@@ -464,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except typer.Exit as exc:
         return exc.exit_code
-    except (KeyboardInterrupt,):
+    except (KeyboardInterrupt,):  # typer itself turns Ctrl-C into a silent exit code 130
         _err("interrupted")
         return 130
     except Exception as exc:

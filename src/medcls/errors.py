@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["MedclsError", "ReadError", "DataError", "ModelError"]
+__all__ = ["MedclsError", "ReadError", "DataError", "ModelError", "TrainingStopped"]
 
 
 class MedclsError(Exception):
@@ -33,3 +33,15 @@ class DataError(MedclsError):
 
 class ModelError(MedclsError):
     """An unknown model name or impossible model configuration."""
+
+
+class TrainingStopped(KeyboardInterrupt):
+    """Training stopped on request (Ctrl-C, SIGTERM) after writing a checkpoint to resume from.
+
+    A ``KeyboardInterrupt``, so code that catches one still does; the CLI prints the
+    message (which says how to resume) and exits with 128 + the signal number.
+    """
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum

@@ -230,6 +230,73 @@ def test_checkpoints_are_timed_and_the_final_epoch_always_lands(medmnist_dir, tm
     assert (every / "history.csv").read_text().count("\n") == (timed / "history.csv").read_text().count("\n") == 4
 
 
+def _signal_at_first_validation(monkeypatch, times: int):
+    """Send SIGINT ``times`` times while epoch 1 is being validated (deterministic, no wall clock)."""
+    from medcls.train import engine
+
+    predict, sent = engine.predict_items, []
+
+    def patched(*a, **kw):
+        if not sent:
+            sent.append(True)
+            for _ in range(times):
+                os.kill(os.getpid(), signal.SIGINT)
+        return predict(*a, **kw)
+
+    monkeypatch.setattr(engine, "predict_items", patched)
+
+
+def test_ctrl_c_finishes_the_epoch_checkpoints_and_resumes_exactly(medmnist_dir, tmp_path, monkeypatch, capsys):
+    from safetensors.torch import load_file
+
+    from medcls.train import engine
+
+    args = ["train", "--data", "breastmnist", "--data-dir", medmnist_dir, "--model", "alexnet_onetower",
+            "--epochs", "3", "--batch-size", "32", "--max-train-samples", "64", "--init", "kaiming", "--seed", "4",
+            "--device", "cpu", "--checkpoint-every", "3600"]
+    full = tmp_path / "full"
+    rc, _, err = run_cli(args + ["--out", full], capsys)
+    assert rc == 0, err
+    handler = signal.getsignal(signal.SIGINT)
+    stopped = tmp_path / "stopped"
+    with monkeypatch.context() as m:
+        _signal_at_first_validation(m, times=1)
+        rc, out, err = run_cli(args + ["--out", stopped], capsys)
+    assert rc == 128 + signal.SIGINT, err
+    assert f"--resume {stopped}" in err and "stopped after epoch 1/3" in err
+    assert signal.getsignal(signal.SIGINT) is handler, "fit restores the signal handlers it replaced"
+    st = engine.load_state(stopped / "state.pt")
+    assert int(st["epoch"]) == 1, "the stop checkpoints the epoch it finished, inside the 3600 s interval"
+    assert len((stopped / "history.csv").read_text().strip().splitlines()) == 2
+    assert not (stopped / "metrics.json").exists()
+    rc, out, err = run_cli(["train", "--resume", stopped, "--epochs", "5", "--seed", "1"], capsys)
+    assert rc == 2 and "drop --epochs, --seed" in err, "a resume refuses settings it would ignore"
+    rc, out, err = run_cli(["train", "--resume", stopped, "--checkpoint-every", "0"], capsys)
+    assert rc == 0, err
+    assert "resuming" in out
+    for name in ("last.safetensors", "best.safetensors"):
+        a, b = load_file(full / name), load_file(stopped / name)
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_a_second_ctrl_c_stops_at_once(medmnist_dir, tmp_path, monkeypatch):
+    from medcls.errors import TrainingStopped
+    from medcls.train import engine
+    from medcls.train.config import TrainConfig
+
+    handler = signal.getsignal(signal.SIGINT)
+    _signal_at_first_validation(monkeypatch, times=2)
+    cfg = TrainConfig(data="breastmnist", data_dir=str(medmnist_dir), model="alexnet_onetower", epochs=3,
+                      max_train_samples=64, limit_eval_samples=32, device="cpu", out=str(tmp_path / "r"),
+                      checkpoint_every=3600)
+    with pytest.raises(KeyboardInterrupt) as exc:
+        engine.fit(cfg, evaluate_at_end=False)
+    assert not isinstance(exc.value, TrainingStopped)
+    assert not (tmp_path / "r" / "state.pt").exists(), "nothing was checkpointed: the epoch was abandoned"
+    assert signal.getsignal(signal.SIGINT) is handler
+
+
 def test_weight_ema_is_what_is_validated_and_kept(medmnist_dir, tmp_path):
     from safetensors.torch import load_file
 

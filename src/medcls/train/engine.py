@@ -4,8 +4,10 @@ Design: the whole split is held in memory as uint8 ``(N, C, H, W)``; each batch
 is indexed, converted and augmented on the training device (no per-image
 Python transforms, no DataLoader workers), in ``channels_last``. All random
 draws of an epoch come from generators seeded by (seed, epoch), and the global
-RNG states are checkpointed at each epoch end, so ``--resume`` after a crash
-reproduces the uninterrupted run exactly.
+RNG states are checkpointed with the weights (at an epoch end, every
+``checkpoint_every`` seconds), so ``--resume`` after a crash reproduces the
+uninterrupted run exactly. Ctrl-C or SIGTERM (a cluster's pre-emption notice)
+finishes the current epoch, checkpoints it and stops; a second one stops at once.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import csv
 import io
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +31,7 @@ from torch import nn
 
 from medcls import __version__
 from medcls._atomic import write_json, write_text
-from medcls.errors import MedclsError
+from medcls.errors import MedclsError, TrainingStopped
 from medcls.train.augment import Augment
 from medcls.train.checkpoint import (load_state, load_weights, rng_state, save_state, save_weights, set_rng_state,
                                     weights_snapshot)
@@ -224,6 +228,39 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
+class _StopRequest:
+    """While active, the first SIGINT/SIGTERM asks training to stop after the epoch's checkpoint.
+
+    A second one raises ``KeyboardInterrupt`` at once (losing the epoch in progress).
+    Only the main thread can take signals; elsewhere this does nothing.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict = {}
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            self.__exit__()
+            raise KeyboardInterrupt
+        self.signum = signum
+        _log(f"\n{signal.Signals(signum).name}: stopping after this epoch, once its checkpoint is written "
+             "(Ctrl-C again stops now and loses the epoch)")
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        self._old.clear()
+
+
 def _progress(total: int, desc: str):
     from tqdm import tqdm
 
@@ -398,101 +435,111 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
     # Checkpoints (~0.4 GB for AlexNet at 28 px) cost more than a short epoch, so they are written
     # every cfg.checkpoint_every seconds and after the final epoch; a resume replays from the last one.
     last_checkpoint, pending_best = time.monotonic(), None
-    for epoch in range(start_epoch, epochs):
-        if bad_epochs >= patience:
-            break
-        model.train()
-        gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        x_ep, y_ep, n_pseudo = x_l, y_l, 0
-        if cfg.semi == "pseudo" and len(x_u) and epoch >= max(1, epochs // 5):
-            # labels from the validated (EMA) weights, balanced to the labelled class ratio
-            pu = predict_items(eval_model, x_u, norm, device, task, amp=cfg.amp, tta=cfg.tta)
-            pick, lab = pseudo_labels(pu, prior_l)
-            x_ep = np.concatenate([x_l, x_u[pick]])
-            y_ep = np.concatenate([y_l, lab.astype(y_l.dtype)])
-            n_pseudo = len(pick)
+    with _StopRequest() as stop:
+        for epoch in range(start_epoch, epochs):
+            if bad_epochs >= patience:
+                break
             model.train()
-        # an epoch is one pass over the labelled items, whatever else a step sees (the schedule counts these steps)
-        n = len(y_l)
-        if cfg.balance == "sampler" and task != "multilabel":
-            w = (1.0 / np.bincount(y_l, minlength=k)[y_l]).astype(np.float64)
-            order = torch.multinomial(torch.from_numpy(w), n, replacement=True, generator=gen).numpy()
-        else:
-            order = torch.randperm(n, generator=gen).numpy()
-        t0, seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
-        bar = _progress(n, f"epoch {epoch + 1}/{epochs}")
-        for i in range(0, n, bs):
-            idx = np.sort(order[i:i + bs])
-            if len(idx) < 2 and i > 0:
-                continue  # BatchNorm needs two samples
-            extra = None
-            if n_pseudo:  # twice as many pseudo-labelled items as labelled ones, as FixMatch's unlabelled batch
-                pidx = torch.randint(0, n_pseudo, (min(n_pseudo, 2 * len(idx)),), generator=gen).numpy()
-                idx = np.sort(np.concatenate([idx, len(y_l) + pidx]))
-            if cfg.semi in ("fixmatch", "meanteacher") and len(x_u):
-                uidx = np.sort(torch.randint(0, len(x_u), (min(len(x_u), 2 * len(idx)),), generator=gen).numpy())
-                ub = _to_device_batch(x_u, uidx, device)
-                step_now = sched.last_epoch
-                extra = lambda: _unsupervised_loss(cfg.semi, model, teacher, ub, norm, weak,  # noqa: E731
-                                                   strong, gen, step_now, total)
-            loss = train_step(model, opt, sched, scaler, criterion, norm, aug, x_ep, y_ep, idx, device, use_amp,
-                              gen, extra, cfg.clip_grad)
-            if teacher is not None:
-                _ema(teacher, model, 0.99)
-            if ema is not None:
-                ema.update_parameters(model)
-            seen += len(idx)
-            loss_sum += float(loss.detach()) * len(idx)
-            loss_n += len(idx)
-            bar.update(len(idx))
-            bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
-        bar.close()
-        secs = time.perf_counter() - t0
-        pv = predict_items(eval_model, val.x, norm, device, task, amp=cfg.amp, tta=cfg.tta)
-        pv_s, yv_s = aggregate(pv, val.sample, val.y)
-        from medcls.evaluate.metrics import auc_score
+            gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+            x_ep, y_ep, n_pseudo = x_l, y_l, 0
+            if cfg.semi == "pseudo" and len(x_u) and epoch >= max(1, epochs // 5):
+                # labels from the validated (EMA) weights, balanced to the labelled class ratio
+                pu = predict_items(eval_model, x_u, norm, device, task, amp=cfg.amp, tta=cfg.tta)
+                pick, lab = pseudo_labels(pu, prior_l)
+                x_ep = np.concatenate([x_l, x_u[pick]])
+                y_ep = np.concatenate([y_l, lab.astype(y_l.dtype)])
+                n_pseudo = len(pick)
+                model.train()
+            # an epoch is one pass over the labelled items, whatever else a step sees (the schedule counts these steps)
+            n = len(y_l)
+            if cfg.balance == "sampler" and task != "multilabel":
+                w = (1.0 / np.bincount(y_l, minlength=k)[y_l]).astype(np.float64)
+                order = torch.multinomial(torch.from_numpy(w), n, replacement=True, generator=gen).numpy()
+            else:
+                order = torch.randperm(n, generator=gen).numpy()
+            t0, seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
+            bar = _progress(n, f"epoch {epoch + 1}/{epochs}")
+            for i in range(0, n, bs):
+                idx = np.sort(order[i:i + bs])
+                if len(idx) < 2 and i > 0:
+                    continue  # BatchNorm needs two samples
+                extra = None
+                if n_pseudo:  # twice as many pseudo-labelled items as labelled ones, as FixMatch's unlabelled batch
+                    pidx = torch.randint(0, n_pseudo, (min(n_pseudo, 2 * len(idx)),), generator=gen).numpy()
+                    idx = np.sort(np.concatenate([idx, len(y_l) + pidx]))
+                if cfg.semi in ("fixmatch", "meanteacher") and len(x_u):
+                    uidx = np.sort(torch.randint(0, len(x_u), (min(len(x_u), 2 * len(idx)),), generator=gen).numpy())
+                    ub = _to_device_batch(x_u, uidx, device)
+                    step_now = sched.last_epoch
+                    extra = lambda: _unsupervised_loss(cfg.semi, model, teacher, ub, norm, weak,  # noqa: E731
+                                                       strong, gen, step_now, total)
+                loss = train_step(model, opt, sched, scaler, criterion, norm, aug, x_ep, y_ep, idx, device, use_amp,
+                                  gen, extra, cfg.clip_grad)
+                if teacher is not None:
+                    _ema(teacher, model, 0.99)
+                if ema is not None:
+                    ema.update_parameters(model)
+                seen += len(idx)
+                loss_sum += float(loss.detach()) * len(idx)
+                loss_n += len(idx)
+                bar.update(len(idx))
+                bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+            bar.close()
+            secs = time.perf_counter() - t0
+            pv = predict_items(eval_model, val.x, norm, device, task, amp=cfg.amp, tta=cfg.tta)
+            pv_s, yv_s = aggregate(pv, val.sample, val.y)
+            from medcls.evaluate.metrics import auc_score
 
-        val_auc = auc_score(yv_s, pv_s, task)
-        with torch.no_grad():
-            lv = _val_loss(pv_s, yv_s, task)
-        val_acc = float(((pv_s >= 0.5) == (yv_s > 0.5)).mean()) if task == "multilabel" else float((pv_s.argmax(1) == yv_s).mean())
-        improved = val_auc == val_auc and val_auc > best_auc
-        row = {"epoch": epoch + 1, "train_loss": round(loss_sum / max(1, loss_n), 6), "val_loss": round(lv, 6),
-               "val_auc": round(val_auc, 6), "val_acc": round(val_acc, 6), "lr": sched.get_last_lr()[0],
-               "seconds": round(secs, 2), "images_per_s": round(seen / secs, 1)}
-        if cfg.semi == "pseudo":
-            row["n_pseudo"] = n_pseudo
-        history.append(row)
-        if improved:
-            best_auc, bad_epochs = val_auc, 0
-            pending_best = weights_snapshot(eval_model)  # written with the next checkpoint
-        else:
-            bad_epochs += 1
-        final = epoch + 1 == epochs or bad_epochs >= patience
-        if final or time.monotonic() - last_checkpoint >= cfg.checkpoint_every:
-            # best, then last, then state: state.pt commits the checkpoint, so whatever it
-            # records (epoch, best AUC) is already on disk when a resume reads it
-            if pending_best is not None:
-                save_weights(pending_best, run.best)
-                pending_best = None
-            save_weights(model, run.last)  # what training continues from
-            keys = list(row.keys())
-            state = {"epoch": torch.tensor(epoch + 1), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "best_auc": torch.tensor(best_auc, dtype=torch.float64), "bad_epochs": torch.tensor(bad_epochs),
-                     "history": torch.tensor([[float(r[kk]) for kk in keys] for r in history], dtype=torch.float64),
-                     "history_keys": keys, "rng": rng_state()}
-            if teacher is not None:
-                state["teacher"] = teacher.state_dict()
-            if ema is not None:
-                state["ema"] = ema.state_dict()
-            if scaler.is_enabled():
-                state["scaler"] = scaler.state_dict()
-            save_state(run.state, state)
-            last_checkpoint = time.monotonic()
-        _history_write(run.history, history)
-        _log(f"epoch {epoch + 1:3d}/{epochs}  loss {row['train_loss']:.4f}  val_loss {lv:.4f}  "
-             f"val_auc {val_auc:.4f}  val_acc {val_acc:.4f}  {row['images_per_s']:.0f} img/s"
-             + (f"  {n_pseudo} pseudo-labelled" if cfg.semi == "pseudo" else "") + ("  *" if improved else ""))
+            val_auc = auc_score(yv_s, pv_s, task)
+            with torch.no_grad():
+                lv = _val_loss(pv_s, yv_s, task)
+            val_acc = (float(((pv_s >= 0.5) == (yv_s > 0.5)).mean()) if task == "multilabel"
+                       else float((pv_s.argmax(1) == yv_s).mean()))
+            improved = val_auc == val_auc and val_auc > best_auc
+            row = {"epoch": epoch + 1, "train_loss": round(loss_sum / max(1, loss_n), 6), "val_loss": round(lv, 6),
+                   "val_auc": round(val_auc, 6), "val_acc": round(val_acc, 6), "lr": sched.get_last_lr()[0],
+                   "seconds": round(secs, 2), "images_per_s": round(seen / secs, 1)}
+            if cfg.semi == "pseudo":
+                row["n_pseudo"] = n_pseudo
+            history.append(row)
+            if improved:
+                best_auc, bad_epochs = val_auc, 0
+                pending_best = weights_snapshot(eval_model)  # written with the next checkpoint
+            else:
+                bad_epochs += 1
+            final = epoch + 1 == epochs or bad_epochs >= patience
+            stopping = stop.signum is not None and not final
+            if final or stopping or time.monotonic() - last_checkpoint >= cfg.checkpoint_every:
+                # best, then last, then state: state.pt commits the checkpoint, so whatever it
+                # records (epoch, best AUC) is already on disk when a resume reads it
+                if pending_best is not None:
+                    save_weights(pending_best, run.best)
+                    pending_best = None
+                save_weights(model, run.last)  # what training continues from
+                keys = list(row.keys())
+                state = {"epoch": torch.tensor(epoch + 1), "optimizer": opt.state_dict(),
+                         "scheduler": sched.state_dict(),
+                         "best_auc": torch.tensor(best_auc, dtype=torch.float64),
+                         "bad_epochs": torch.tensor(bad_epochs),
+                         "history": torch.tensor([[float(r[kk]) for kk in keys] for r in history],
+                                                 dtype=torch.float64),
+                         "history_keys": keys, "rng": rng_state()}
+                if teacher is not None:
+                    state["teacher"] = teacher.state_dict()
+                if ema is not None:
+                    state["ema"] = ema.state_dict()
+                if scaler.is_enabled():
+                    state["scaler"] = scaler.state_dict()
+                save_state(run.state, state)
+                last_checkpoint = time.monotonic()
+            _history_write(run.history, history)
+            _log(f"epoch {epoch + 1:3d}/{epochs}  loss {row['train_loss']:.4f}  val_loss {lv:.4f}  "
+                 f"val_auc {val_auc:.4f}  val_acc {val_acc:.4f}  {row['images_per_s']:.0f} img/s"
+                 + (f"  {n_pseudo} pseudo-labelled" if cfg.semi == "pseudo" else "") + ("  *" if improved else ""))
+            if stopping:
+                raise TrainingStopped(f"{run.root}: stopped after epoch {epoch + 1}/{epochs} "
+                                      f"({signal.Signals(stop.signum).name}); continue with "
+                                      f"`medcls train --resume {run.root}`", stop.signum)
     if not run.best.is_file():
         save_weights(eval_model, run.best)
     if evaluate_at_end:
