@@ -40,6 +40,7 @@ def _check_accuracy(res: dict):
 def _check_speed(res: dict):
     c = res["cpu"]
     assert c["matmul_peak_gflops"] > 0
+    assert c["peak_gflops"] == max(c["matmul_peak_gflops"], c["conv_peak_gflops"])
     for x in c["cnn"]:
         for k in ("train_images_per_s", "plain_train_images_per_s", "train_speedup", "infer_images_per_s",
                   "latency_p50_ms", "latency_p95_ms", "train_gflops_per_s", "train_pct_of_peak"):
