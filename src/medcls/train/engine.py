@@ -432,7 +432,7 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
         meta["train"]["ema_decay_resolved"] = ema_decay
     if not resume:
         write_json(run.config, meta)
-    # Checkpoints (~0.4 GB for AlexNet at 28 px) cost more than a short epoch, so they are written
+    # Checkpoints (~0.4 GB for AlexNet at 28 px) can cost as much as a short epoch, so they are written
     # every cfg.checkpoint_every seconds and after the final epoch; a resume replays from the last one.
     last_checkpoint, pending_best = time.monotonic(), None
     with _StopRequest() as stop:
