@@ -107,6 +107,17 @@ def test_uniform_interface(name):
         assert m(x).shape == (2, 7) and m.num_classes == 7
 
 
+def test_a_model_missing_its_head_fails_at_construction():
+    from medcls.models._base import ClassifierModel
+
+    class Half(ClassifierModel):
+        def forward_features(self, x):
+            return x
+
+    with pytest.raises(TypeError, match="forward_head"):
+        Half()
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_weights_round_trip_through_safetensors(name, tmp_path):
     from medcls.train.checkpoint import load_weights, save_weights

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from typing import NamedTuple
 
 import torch
@@ -30,7 +31,7 @@ def model_loss(output, target: torch.Tensor, criterion) -> torch.Tensor:
     return criterion(output, target)
 
 
-class ClassifierModel(nn.Module):
+class ClassifierModel(nn.Module, abc.ABC):
     """Uniform interface: training, explanation and fine-tuning never special-case a model.
 
     Subclasses set ``num_classes``, ``in_channels``, ``input_size`` and
@@ -43,11 +44,13 @@ class ClassifierModel(nn.Module):
     input_size: int
     gradcam_layer: str
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The feature map before pooling and the classifier."""
 
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Pooling and the classifier (``pre_logits``: stop before the last linear layer)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
