@@ -32,6 +32,22 @@ def test_semi_supervised_runs_and_reports(method, medmnist_dir, tmp_path, capsys
         assert "n_pseudo" in (run / "history.csv").read_text().splitlines()[0]
 
 
+@pytest.mark.parametrize("decay, init_share", [(0.99, 1 / 6), (0.5, 1 / 32)])
+def test_mean_teacher_forgets_its_random_start(decay, init_share):
+    from torch import nn
+
+    from medcls.train.engine import _ema
+
+    teacher, student = (nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2)) for _ in range(2))
+    student[1].running_mean.fill_(0.7)
+    t0 = teacher[0].weight.detach().clone()
+    for step in range(1, 6):  # min(step / (step + 1), decay): at 0.99, 1/2 ... 5/6 leave 1/6 of the start
+        _ema(teacher, student, step, decay)
+    expect = init_share * t0 + (1 - init_share) * student[0].weight.detach()
+    torch.testing.assert_close(teacher[0].weight, expect)
+    assert torch.equal(teacher[1].running_mean, student[1].running_mean)
+
+
 def test_pseudo_labels_keep_the_labelled_class_ratio():
     rng = np.random.default_rng(0)
     # an early model sure of the majority class for 300 items, of the minority class for 20
