@@ -37,16 +37,22 @@ from _common import machine, write_results  # noqa: E402
 MODELS = {"alexnet": "alexnet_onetower", "vgg11": "vgg11", "googlenet": "googlenet"}
 
 
+def _gflops(op, flop: float, device: torch.device, reps: int) -> float:
+    """GFLOP/s of ``op()`` (``flop`` operations per call): 3 warm-up calls, then ``reps`` timed."""
+    with torch.no_grad():
+        for _ in range(3):
+            op()
+        _sync(device)
+        t = time.perf_counter()
+        for _ in range(reps):
+            op()
+        _sync(device)
+    return flop * reps / (time.perf_counter() - t) / 1e9
+
+
 def matmul_peak(device: torch.device, n: int = 2048, reps: int = 10) -> float:
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    for _ in range(3):
-        a @ b
-    _sync(device)
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    _sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+    return _gflops(lambda: a @ b, 2 * n**3, device, reps)
 
 
 def conv_peak(device: torch.device, reps: int = 10) -> float:
@@ -58,15 +64,8 @@ def conv_peak(device: torch.device, reps: int = 10) -> float:
     """
     x = torch.randn(32, 512, 14, 14, device=device).contiguous(memory_format=torch.channels_last)
     w = torch.randn(512, 512, 3, 3, device=device).contiguous(memory_format=torch.channels_last)
-    with torch.no_grad():
-        for _ in range(3):
-            torch.nn.functional.conv2d(x, w, padding=1)
-        _sync(device)
-        t = time.perf_counter()
-        for _ in range(reps):
-            torch.nn.functional.conv2d(x, w, padding=1)
-        _sync(device)
-    return 2 * 32 * 512 * 512 * 9 * 14 * 14 * reps / (time.perf_counter() - t) / 1e9
+    return _gflops(lambda: torch.nn.functional.conv2d(x, w, padding=1), 2 * 32 * 512 * 512 * 9 * 14 * 14,
+                   device, reps)
 
 
 def measured_peak(device: torch.device, n: int = 2048) -> dict:

@@ -272,7 +272,8 @@ def train(
                           batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
                           label_smoothing=label_smoothing, balance=balance, augment=augment, hflip=hflip, tta=tta,
                           patience=patience, clip_grad=clip_grad, ema=ema, seed=seed,
-                          checkpoint_every=60.0 if checkpoint_every is None else checkpoint_every,
+                          checkpoint_every=TrainConfig.checkpoint_every if checkpoint_every is None
+                          else checkpoint_every,
                           device=device, volume_mode=volume_mode,
                           labelled_fraction=labelled_fraction, semi=semi, model_kwargs=kwargs,
                           max_train_samples=max_train_samples)
