@@ -289,7 +289,15 @@ def _fit(cfg, resume: bool = False) -> Path:
         return fit(cfg, resume=resume)
     except TrainingStopped as exc:  # typer would swallow it into a bare exit code 130
         typer.echo(f"medcls: {exc}", err=True)
-        raise typer.Exit(128 + exc.signum) from None
+        raise _Reported(128 + exc.signum) from None
+
+
+class _Reported(Exception):
+    """The command has said why it stops; ``main`` only returns the exit code."""
+
+    def __init__(self, exit_code: int):
+        super().__init__(exit_code)
+        self.exit_code = exit_code
 
 
 def _print_metrics(root: Path) -> None:
@@ -485,11 +493,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _err(str(exc))
         return exc.exit_code
+    except _Reported as exc:
+        return exc.exit_code
     except typer.Exit as exc:
         return exc.exit_code
-    except (KeyboardInterrupt,):  # typer itself turns Ctrl-C into a silent exit code 130
-        _err("interrupted")
-        return 130
+    except KeyboardInterrupt:  # outside a command (typer turns one inside into exit code 130, below)
+        rv = 130
     except Exception as exc:
         # Usage errors from typer's (vendored) click: they know how to show themselves.
         if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
@@ -501,6 +510,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _err(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
         return 1
+    if rv == 130:  # typer's silent answer to Ctrl-C (no command exits 130 itself); say so
+        typer.echo("medcls: interrupted (Ctrl-C)", err=True)
     return rv if isinstance(rv, int) else 0
 
 

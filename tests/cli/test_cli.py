@@ -59,3 +59,14 @@ def test_usage_error_exits_2_with_a_message(capsys):
     assert rc == 2 and "Traceback" not in err
     rc, out, err = run_cli(["no-such-command"], capsys)
     assert rc == 2
+
+
+def test_ctrl_c_in_a_command_says_interrupted_and_exits_130(capsys, monkeypatch):
+    import medcls.data
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(medcls.data, "load_dataset", interrupted)
+    rc, out, err = run_cli(["data", "pneumoniamnist"], capsys)
+    assert rc == 130 and "interrupted" in err and "Traceback" not in err

@@ -264,6 +264,7 @@ def test_ctrl_c_finishes_the_epoch_checkpoints_and_resumes_exactly(medmnist_dir,
         rc, out, err = run_cli(args + ["--out", stopped], capsys)
     assert rc == 128 + signal.SIGINT, err
     assert f"--resume {stopped}" in err and "stopped after epoch 1/3" in err
+    assert "interrupted" not in err, "the stop is reported once, as how to resume"
     assert signal.getsignal(signal.SIGINT) is handler, "fit restores the signal handlers it replaced"
     st = engine.load_state(stopped / "state.pt")
     assert int(st["epoch"]) == 1, "the stop checkpoints the epoch it finished, inside the 3600 s interval"
