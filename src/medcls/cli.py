@@ -307,7 +307,8 @@ def _print_metrics(root: Path) -> None:
             x = m[split]
             typer.echo(f"{split}: ACC {x['acc']:.4f}  AUC {x['auc']:.4f} (95% CI {x['auc_ci95'][0]:.3f}-"
                        f"{x['auc_ci95'][1]:.3f})  sensitivity {x['sensitivity']:.3f}  "
-                       f"specificity {x['specificity']:.3f}  n={x['n']}")
+                       f"specificity {x['specificity']:.3f}  "
+                       + (f"ECE {x['ece']:.3f}  " if "ece" in x else "") + f"n={x['n']}")
     typer.echo(f"report: {root / 'report.html'}")
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from medcls.evaluate.metrics import compute_metrics
+from medcls.evaluate.metrics import compute_metrics, reliability
 
 
 def test_binary_metrics_from_confusion():
@@ -36,3 +36,30 @@ def test_multilabel_mean_per_label_auc():
     m = compute_metrics(y, probs, "multilabel", ["a", "b", "c"])
     assert m["auc"] == pytest.approx(np.mean([roc_auc_score(y[:, j], probs[:, j]) for j in range(3)]))
     assert m["acc"] == pytest.approx(((probs >= 0.5) == y).mean())
+
+
+def test_calibration_brier_and_ece():
+    rng = np.random.default_rng(3)
+    p = rng.random(20000)
+    y = (rng.random(20000) < p).astype(int)  # outcomes drawn with the predicted risk: calibrated
+    calibrated = compute_metrics(y, np.stack([1 - p, p], 1), "binary", ["neg", "pos"], n_boot=10)
+    assert calibrated["brier"] == pytest.approx(np.mean((p - y) ** 2))
+    assert calibrated["brier"] == pytest.approx(1 / 6, abs=0.01)  # E[p(1 - p)] for p uniform
+    assert calibrated["ece"] < 0.02
+    q = p**3 / (p**3 + (1 - p) ** 3)  # sigmoid(3 logit p): the same ranking, overconfident
+    over = compute_metrics(y, np.stack([1 - q, q], 1), "binary", ["neg", "pos"], n_boot=10)
+    assert over["auc"] == pytest.approx(calibrated["auc"]) and over["ece"] > 0.1
+    rel = reliability(y, np.stack([1 - q, q], 1), "binary")
+    assert sum(rel["count"]) == 20000 and rel["what"] == "probability of the positive class"
+    # the ECE is the case-weighted gap between the diagram's two curves
+    gap = np.abs(np.array(rel["observed"]) - np.array(rel["confidence"]))
+    assert over["ece"] == pytest.approx(float(np.sum(np.array(rel["count"]) * gap) / 20000))
+
+
+def test_multiclass_calibration_uses_the_predicted_class():
+    y = np.array([0, 1, 2, 2])
+    probs = np.array([[0.9, 0.05, 0.05], [0.2, 0.7, 0.1], [0.6, 0.2, 0.2], [0.1, 0.1, 0.8]])
+    m = compute_metrics(y, probs, "multiclass", list("abc"), n_boot=10)
+    assert m["brier"] == pytest.approx(np.mean(((probs - np.eye(3)[y]) ** 2).sum(1)))
+    # bins (15 per unit): 0.6 wrong, 0.7 right, 0.8 right, 0.9 right -> |0-.6| + |1-.7| + |1-.8| + |1-.9|
+    assert m["ece"] == pytest.approx((0.6 + 0.3 + 0.2 + 0.1) / 4)

@@ -18,8 +18,8 @@ from tests.conftest import dcm, run_cli
 FAST = ["--model", "alexnet_onetower", "--epochs", "1", "--batch-size", "32", "--max-train-samples", "96",
         "--init", "kaiming"]
 RUN_FILES = ["config.json", "best.safetensors", "last.safetensors", "state.pt", "history.csv", "metrics.json",
-             "roc.png", "confusion.png", "curves.png", "report.html"]
-METRIC_KEYS = {"acc", "auc", "auc_ci95", "sensitivity", "specificity", "f1", "confusion", "n"}
+             "roc.png", "confusion.png", "calibration.png", "curves.png", "report.html"]
+METRIC_KEYS = {"acc", "auc", "auc_ci95", "sensitivity", "specificity", "f1", "confusion", "n", "brier", "ece"}
 
 
 def _check_run(run: Path, n_test: int | None = None):

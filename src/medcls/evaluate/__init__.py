@@ -6,7 +6,7 @@ import csv
 import json
 from pathlib import Path
 
-from medcls.evaluate.metrics import auc_score, bootstrap_auc_ci, compute_metrics
+from medcls.evaluate.metrics import auc_score, bootstrap_auc_ci, compute_metrics, reliability
 
 __all__ = ["evaluate_run", "compute_metrics", "auc_score", "bootstrap_auc_ci", "write_outputs"]
 
@@ -14,7 +14,7 @@ __all__ = ["evaluate_run", "compute_metrics", "auc_score", "bootstrap_auc_ci", "
 def write_outputs(root: Path, meta: dict, results: dict[str, tuple], dataset_name: str) -> dict:
     """Merge per-split metrics into ``metrics.json``; draw plots; write ``report.html``."""
     from medcls._atomic import write_json
-    from medcls.evaluate.plots import plot_confusion, plot_curves, plot_roc
+    from medcls.evaluate.plots import plot_confusion, plot_curves, plot_reliability, plot_roc
     from medcls.evaluate.report import write_report
 
     task, names = meta["data"]["task"], meta["data"]["class_names"]
@@ -28,6 +28,7 @@ def write_outputs(root: Path, meta: dict, results: dict[str, tuple], dataset_nam
     probs, y = results[focus]
     plot_roc(y, probs, task, names, root / "roc.png", title=f"ROC — {dataset_name} {focus}")
     plot_confusion(metrics[focus]["confusion"], names, root / "confusion.png", title=f"{dataset_name} {focus}")
+    plot_reliability(reliability(y, probs, task), root / "calibration.png", title=f"Calibration — {dataset_name} {focus}")
     hist = root / "history.csv"
     if hist.is_file():
         with open(hist, newline="") as fh:

@@ -5,13 +5,23 @@ recall of class 1, specificity = recall of class 0. Multi-class: one-vs-rest
 macro AUC exactly as MedMNIST computes it (``roc_auc_score(..., multi_class="ovr",
 average="macro")``), per-class sensitivity/specificity. Multi-label: mean
 per-label AUC, accuracy over all label decisions at 0.5 (MedMNIST's ACC).
+
+Calibration: the Brier score (scikit-learn's: binary, the mean squared error of
+the positive-class probability; multi-class, the squared error summed over
+classes; multi-label, the mean over labels) and the expected calibration error
+(ECE, 15 equal-width bins; Guo et al., ICML 2017) of the probability the
+reliability diagram shows: the positive class's for a binary task (predicted
+risk against the observed rate, as clinical papers plot it), the top class's
+for a multi-class one, every label's for a multi-label one.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["auc_score", "compute_metrics", "bootstrap_auc_ci"]
+__all__ = ["auc_score", "compute_metrics", "bootstrap_auc_ci", "reliability", "brier_score"]
+
+ECE_BINS = 15
 
 
 def auc_score(y: np.ndarray, probs: np.ndarray, task: str) -> float:
@@ -52,14 +62,52 @@ def bootstrap_auc_ci(y, probs, task: str, n_boot: int = 500, seed: int = 0, alph
     return [float(np.quantile(vals, alpha / 2)), float(np.quantile(vals, 1 - alpha / 2))]
 
 
+def reliability(y, probs, task: str, n_bins: int = ECE_BINS) -> dict:
+    """The reliability diagram's bins and the ECE: which probability is explained in the module docstring.
+
+    Returns:
+        ``{"what", "ece", "confidence", "observed", "count"}``; the three lists hold
+        one entry per non-empty bin (mean predicted probability, observed rate, cases).
+    """
+    y, probs = np.asarray(y), np.asarray(probs, dtype=np.float64)
+    if task == "multilabel":
+        what, p, hit = "each label's probability", probs.ravel(), y.astype(float).ravel()
+    elif probs.shape[1] == 2:
+        what, p, hit = "probability of the positive class", probs[:, 1], (y == 1).astype(float)
+    else:
+        what, p, hit = "probability of the predicted class", probs.max(1), (probs.argmax(1) == y).astype(float)
+    b = np.minimum((p * n_bins).astype(int), n_bins - 1)  # [0, 1/15), ..., [14/15, 1]
+    count = np.bincount(b, minlength=n_bins)
+    keep = count > 0
+    conf = np.bincount(b, weights=p, minlength=n_bins)[keep] / count[keep]
+    obs = np.bincount(b, weights=hit, minlength=n_bins)[keep] / count[keep]
+    ece = float(np.sum(count[keep] / len(p) * np.abs(obs - conf))) if len(p) else float("nan")
+    return {"what": what, "ece": ece, "confidence": conf.tolist(), "observed": obs.tolist(),
+            "count": count[keep].astype(int).tolist()}
+
+
+def brier_score(y, probs, task: str) -> float:
+    """scikit-learn's Brier score for the task (lower is better; see the module docstring)."""
+    from sklearn.metrics import brier_score_loss
+
+    y, probs = np.asarray(y), np.asarray(probs, dtype=np.float64)
+    if task == "multilabel":
+        return float(np.mean([brier_score_loss(y[:, j], probs[:, j], labels=[0, 1]) for j in range(y.shape[1])]))
+    if probs.shape[1] == 2:
+        return float(brier_score_loss(y, probs[:, 1], labels=[0, 1]))
+    return float(brier_score_loss(y, probs, labels=list(range(probs.shape[1]))))
+
+
 def compute_metrics(y, probs, task: str, class_names: list[str], n_boot: int = 500, seed: int = 0) -> dict:
-    """``acc, auc, auc_ci95, sensitivity, specificity, f1, confusion, n`` (+ per class)."""
+    """``acc, auc, auc_ci95, sensitivity, specificity, f1, confusion, n, brier, ece`` (+ per class)."""
     from sklearn.metrics import confusion_matrix, f1_score, recall_score
 
     y, probs = np.asarray(y), np.asarray(probs, dtype=np.float64)
     out: dict = {"n": int(len(y))}
     out["auc"] = auc_score(y, probs, task)
     out["auc_ci95"] = bootstrap_auc_ci(y, probs, task, n_boot=n_boot, seed=seed)
+    out["brier"] = brier_score(y, probs, task)
+    out["ece"] = reliability(y, probs, task)["ece"]
     if task == "multilabel":
         pred = (probs >= 0.5).astype(int)
         yt = y.astype(int)

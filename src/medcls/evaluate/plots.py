@@ -1,4 +1,4 @@
-"""ROC curves, confusion matrices and training curves as PNG (matplotlib, Agg)."""
+"""ROC curves, confusion matrices, reliability diagrams and training curves as PNG (matplotlib, Agg)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_roc", "plot_confusion", "plot_curves", "plot_embedding"]
+__all__ = ["plot_roc", "plot_confusion", "plot_reliability", "plot_curves", "plot_embedding"]
 
 
 def _fig():
@@ -72,6 +72,21 @@ def plot_confusion(cm, class_names: list[str], path: Path, title: str = "") -> N
     ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix")
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_reliability(rel: dict, path: Path, title: str = "") -> None:
+    """Reliability diagram from :func:`medcls.evaluate.metrics.reliability`: observed rate per bin against
+    the mean predicted probability, the diagonal (perfect calibration), and how many cases each bin holds."""
+    plt = _fig()
+    fig, (ax, hx) = plt.subplots(2, 1, figsize=(5, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfectly calibrated")
+    ax.plot(rel["confidence"], rel["observed"], "o-", lw=1.5, ms=4, label=f"model (ECE {rel['ece']:.3f})")
+    ax.set(ylabel="observed rate", title=title or "reliability", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="upper left", fontsize=8)
+    hx.bar(rel["confidence"], rel["count"], width=0.05, color="C0", alpha=0.6)
+    hx.set(xlabel=f"predicted {rel['what']}", ylabel="cases")
     _save(fig, path)
     plt.close(fig)
 

@@ -17,6 +17,8 @@ pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:85%}.muted{color:#777
 
 
 def _f(v, digits=3):
+    if v is None:  # a metric an older run's metrics.json lacks
+        return "–"
     if isinstance(v, float):
         return "–" if v != v else f"{v:.{digits}f}"
     return html.escape(str(v))
@@ -41,7 +43,8 @@ def write_report(root: Path, meta: dict, metrics: dict) -> Path:
         ci = m.get("auc_ci95") or [float("nan")] * 2
         rows.append(f"<tr><td>{split}</td><td>{m['n']}</td><td>{_f(m['acc'])}</td><td>{_f(m['auc'])}</td>"
                     f"<td>{_f(ci[0])} – {_f(ci[1])}</td><td>{_f(m['sensitivity'])}</td>"
-                    f"<td>{_f(m['specificity'])}</td><td>{_f(m['f1'])}</td></tr>")
+                    f"<td>{_f(m['specificity'])}</td><td>{_f(m['f1'])}</td><td>{_f(m.get('brier'))}</td>"
+                    f"<td>{_f(m.get('ece'))}</td></tr>")
     per = ""
     last = next((metrics[s] for s in ("test", "val") if s in metrics), None)
     if last and last.get("per_class"):
@@ -62,13 +65,15 @@ def write_report(root: Path, meta: dict, metrics: dict) -> Path:
 <tr><th>modality</th><td>{html.escape(d.get('modality', ''))}</td></tr></table>
 <h2>Metrics</h2>
 <table><tr><th>split</th><th>n</th><th>ACC</th><th>AUC</th><th>AUC 95% CI</th><th>sensitivity</th>
-<th>specificity</th><th>F1</th></tr>{''.join(rows)}</table>
+<th>specificity</th><th>F1</th><th>Brier</th><th>ECE</th></tr>{''.join(rows)}</table>
 <p class="muted">Binary: sensitivity and specificity for the positive class
 “{html.escape(str(last.get('positive_class', '')) if last else '')}” at the argmax decision. AUC CI: percentile bootstrap
-over cases. Multi-class AUC: one-vs-rest macro, as MedMNIST reports it.</p>
+over cases. Multi-class AUC: one-vs-rest macro, as MedMNIST reports it. Brier score and expected
+calibration error (15 bins): lower is better; the reliability diagram shows what the ECE measures.</p>
 {per}
 {_img(root / 'roc.png', 'ROC (test)')}
 {_img(root / 'confusion.png', 'Confusion matrix (test)')}
+{_img(root / 'calibration.png', 'Calibration (test)')}
 {_img(root / 'curves.png', 'Training curves')}
 <h2>Configuration</h2><pre>{html.escape(json.dumps(meta, indent=2))}</pre>
 </body></html>"""
