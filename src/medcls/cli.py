@@ -414,17 +414,23 @@ def cluster(data: str = typer.Option(..., "--data", help="Dataset (as for train)
             embedding: str = typer.Option("pca", "--embedding", help="2-D plot: pca | tsne | umap"),
             split: str = typer.Option("train", "--split"),
             max_samples: int = typer.Option(2000, "--max-samples", help="Cluster a random subset of this size."),
-            ssl_epochs: int = typer.Option(5, "--ssl-epochs", help="SimCLR pretraining epochs (--features ssl)."),
+            ssl_epochs: int = typer.Option(20, "--ssl-epochs", help="SimCLR pretraining epochs (--features ssl)."),
+            probe: bool = typer.Option(True, "--probe/--no-probe", help="Also score the features with a linear "
+                                       "probe: logistic regression fitted on --split, tested on the test split."),
             data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
             seed: int = typer.Option(0, "--seed")) -> None:
-    """k-means / GMM on features; NMI, ARI and purity against the labels; a 2-D embedding plot."""
+    """k-means / GMM on features; NMI, ARI and purity against the labels; a linear probe; a 2-D embedding plot."""
     from medcls.train.cluster import cluster_dataset
 
     r = cluster_dataset(data, features, out, k=k, method=method, embedding=embedding, split=split,
                         max_samples=max_samples, data_dir=str(data_dir) if data_dir else None,
-                        ssl_epochs=ssl_epochs, seed=seed, log=typer.echo)
+                        ssl_epochs=ssl_epochs, probe=probe, seed=seed, log=typer.echo)
     scores = f"  NMI {r['nmi']:.3f}  ARI {r['ari']:.3f}  purity {r['purity']:.3f}" if "nmi" in r else ""
     typer.echo(f"{r['data']} {r['split']}: {r['method']} k={r['k']} on {r['features']} ({r['n']} samples){scores}")
+    if "probe" in r:
+        pr = r["probe"]
+        typer.echo(f"linear probe ({pr['n_train']} {r['split']} -> {pr['n_test']} test): ACC {pr['acc']:.3f}  "
+                   f"AUC {pr['auc']:.3f}")
     typer.echo(f"wrote {out / 'cluster.json'}, {out / 'embedding_clusters.png'}")
 
 

@@ -91,6 +91,22 @@ def test_cluster_reports_scores(features, medmnist_dir, tmp_path, capsys):
     assert (out / "embedding_clusters.png").stat().st_size > 1000 and (out / "embedding_labels.png").is_file()
     lines = (out / "assignments.csv").read_text().strip().splitlines()
     assert len(lines) == 201
+    pr = r["probe"]  # fitted on the 200 clustered training images, scored on the whole test split
+    assert pr["n_train"] == 200 and pr["n_test"] == 156 and 0 <= pr["acc"] <= 1 and 0 <= pr["auc"] <= 1
+    assert f"linear probe (200 train -> 156 test): ACC {pr['acc']:.3f}" in text
+
+
+def test_linear_probe_scores_what_the_features_carry():
+    from medcls.train.cluster import linear_probe
+
+    rng = np.random.default_rng(0)
+    y, yt = rng.integers(0, 3, 300), rng.integers(0, 3, 200)
+    informative = linear_probe(np.eye(3)[y] + rng.normal(0, 0.3, (300, 3)), y,
+                               np.eye(3)[yt] + rng.normal(0, 0.3, (200, 3)), yt, "multiclass")
+    noise = linear_probe(rng.normal(size=(300, 3)), y, rng.normal(size=(200, 3)), yt, "multiclass")
+    assert informative["auc"] > 0.95 and informative["acc"] > 0.85
+    assert noise["auc"] < 0.65 and noise["acc"] < 0.5
+    assert informative["n_train"] == 300 and informative["n_test"] == 200
 
 
 def test_purity_definition():
@@ -114,6 +130,9 @@ def test_cluster_on_trained_cnn_and_ensemble(medmnist_dir, tmp_path, capsys):
                           tmp_path / "c", "--max-samples", "120"], capsys)
     assert rc == 0, err
     assert json.loads((tmp_path / "c" / "cluster.json").read_text())["feature_dim"] == 4096
+    rc, _, err = run_cli(["cluster", "--data", "breastmnist", "--features", f"cnn:{runs[0]}", "--out",
+                          tmp_path / "c2", "--max-samples", "120", "--no-probe"], capsys)
+    assert rc == 0 and "probe" not in json.loads((tmp_path / "c2" / "cluster.json").read_text())
     rc, out, err = run_cli(["ensemble", *runs, "--out", tmp_path / "ens"], capsys)
     assert rc == 0, err
     assert "test: ACC" in out

@@ -8,7 +8,7 @@ import numpy as np
 
 from medcls.errors import MedclsError
 
-__all__ = ["cluster_dataset", "purity"]
+__all__ = ["cluster_dataset", "purity", "linear_probe"]
 
 
 def purity(y: np.ndarray, clusters: np.ndarray) -> float:
@@ -17,6 +17,23 @@ def purity(y: np.ndarray, clusters: np.ndarray) -> float:
     for c in np.unique(clusters):
         total += np.bincount(y[clusters == c]).max()
     return float(total / len(y))
+
+
+def linear_probe(f_train: np.ndarray, y_train: np.ndarray, f_test: np.ndarray, y_test: np.ndarray, task: str,
+                 seed: int = 0) -> dict:
+    """Logistic regression on frozen features (standardised); test ``acc``, ``auc`` and the sizes."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from medcls.evaluate.metrics import auc_score
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
+    clf.fit(f_train.astype(np.float64), y_train)
+    p = np.zeros((len(y_test), int(max(y_train.max(), y_test.max())) + 1))
+    p[:, clf.classes_] = clf.predict_proba(f_test.astype(np.float64))
+    return {"classifier": "logistic regression on standardised features", "n_train": int(len(y_train)),
+            "n_test": int(len(y_test)), "acc": float((p.argmax(1) == y_test).mean()), "auc": auc_score(y_test, p, task)}
 
 
 def _items(ds, split: str, max_samples: int | None, seed: int):
@@ -31,9 +48,15 @@ def _items(ds, split: str, max_samples: int | None, seed: int):
 
 def cluster_dataset(data: str, features: str, out: str | Path, *, k: int | None = None, method: str = "kmeans",
                     embedding: str = "pca", split: str = "train", max_samples: int | None = 2000,
-                    data_dir: str | None = None, ssl_epochs: int = 5, ssl_model: str = "alexnet_onetower",
-                    seed: int = 0, log=print) -> dict:
-    """Cluster one split of a dataset; write ``cluster.json``, ``assignments.csv`` and embedding plots."""
+                    data_dir: str | None = None, ssl_epochs: int = 20, ssl_model: str = "alexnet_onetower",
+                    probe: bool = True, seed: int = 0, log=print) -> dict:
+    """Cluster one split of a dataset; write ``cluster.json``, ``assignments.csv`` and embedding plots.
+
+    With labels, the clusters are scored against them (NMI, ARI, purity) and, when
+    ``probe`` and the dataset has a test split, a linear probe (the usual measure of
+    a self-supervised representation) is fitted on the clustered split's features
+    and labels and scored on the test split's features.
+    """
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
     from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
@@ -55,25 +78,30 @@ def cluster_dataset(data: str, features: str, out: str | Path, *, k: int | None 
             raise MedclsError(f"{features[4:]}: --features cnn:RUN needs a CNN run")
         ds = run.load_dataset(data)
         x, y = _items(ds, split, max_samples, seed)
-        if ds.is_volume:
-            x = x[:, : run.meta["model"]["in_channels"]]
-        feats = run.embed(x)
+        channels = run.meta["model"]["in_channels"]
+
+        def featurize(a):
+            return run.embed(a[:, :channels] if ds.is_volume else a)
     else:
         ds = load_dataset(data, data_dir=data_dir)
         x, y = _items(ds, split, max_samples, seed)
         if features == "hog":
             from medcls.features import HOGFeatures
 
-            feats = HOGFeatures().fit(x).transform(x)
+            hog = HOGFeatures().fit(x)
+            featurize = hog.transform
         elif features == "ssl":
             from medcls.train.engine import select_device
             from medcls.train.ssl import embed, pretrain_simclr
 
             dev = select_device("auto")
             enc, norm = pretrain_simclr(x, model=ssl_model, epochs=ssl_epochs, seed=seed, device=dev, log=log)
-            feats = embed(enc, norm, x, dev)
+
+            def featurize(a):
+                return embed(enc, norm, a, dev)
         else:
             raise MedclsError(f"--features must be hog, ssl or cnn:RUN, not {features!r}")
+    feats = featurize(x)
     labelled = ds.task != "multilabel"
     k = k or len(ds.class_names)
     z = StandardScaler().fit_transform(feats.astype(np.float64))
@@ -88,6 +116,9 @@ def cluster_dataset(data: str, features: str, out: str | Path, *, k: int | None 
     if labelled:
         res.update(nmi=float(normalized_mutual_info_score(y, assign)), ari=float(adjusted_rand_score(y, assign)),
                    purity=purity(y, assign))
+        if probe and split != "test" and (ds.splits == "test").any() and len(np.unique(y)) > 1:
+            xt, yt = _items(ds, "test", max_samples, seed)
+            res["probe"] = linear_probe(feats, y, featurize(xt), yt, ds.task, seed)
     if embedding == "pca":
         xy = PCA(2, random_state=seed).fit_transform(z)
     elif embedding == "tsne":
