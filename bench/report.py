@@ -109,15 +109,19 @@ def semi_block() -> str:
     r = _load("semi")
     if r is None:
         return "_No semi-supervised run recorded yet: run `python bench/semi.py`._"
+    n = len(r["seeds"])
     lines = [f"Measured with `{r['command']}` on {_machine(r['machine'])}: {r['data']}, {r['model']}, "
-             f"{r['epochs']} epochs, test split; each method uses the same labelled subset as the supervised "
-             "baseline plus the rest of the training images without labels.", "",
+             f"{r['epochs']} epochs, test split, mean ± sd over seeds {', '.join(map(str, r['seeds']))} (each seed "
+             "draws its own labelled subset). Each method uses the same labelled subset as the supervised baseline "
+             "of its seed plus the rest of the training images without labels; a gain is the mean of the per-seed "
+             f"gains, with the number of seeds (of {n}) on which it was above zero.", "",
              "| labels | method | AUC | ACC | AUC gain | ACC gain | time |", "|---|---|---|---|---|---|---|"]
     for f, rows in r["fractions"].items():
         for name, x in rows.items():
-            gain = (f"{x['auc_gain']:+.3f} | {x['acc_gain']:+.3f}" if "auc_gain" in x else "– | –")
-            lines.append(f"| {float(f):.0%} | {name} | {x['auc']:.3f} | {x['acc']:.3f} | {gain} | "
-                         f"{x['seconds']:.0f} s |")
+            gain = (f"{x['auc_gain']:+.3f} ({x['auc_wins']}/{n}) | {x['acc_gain']:+.3f} ({x['acc_wins']}/{n})"
+                    if "auc_gain" in x else "– | –")
+            lines.append(f"| {float(f):.0%} | {name} | {x['auc']:.3f} ± {x['auc_sd']:.3f} | "
+                         f"{x['acc']:.3f} ± {x['acc_sd']:.3f} | {gain} | {x['seconds']:.0f} s |")
     return "\n".join(lines)
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,14 +60,21 @@ def _check_speed_gpu(res: dict):
 
 
 def _check_semi(res: dict):
-    assert {"machine", "command", "data", "model", "epochs", "fractions"} <= set(res)
+    assert {"machine", "command", "data", "model", "epochs", "seeds", "fractions"} <= set(res)
     for rows in res["fractions"].values():
         assert "supervised" in rows and len(rows) > 1
+        sup = {r["seed"]: r for r in rows["supervised"]["runs"]}
+        assert sorted(sup) == sorted(res["seeds"])
         for name, r in rows.items():
             assert 0 <= r["acc"] <= 1 and 0 <= r["auc"] <= 1 and r["seconds"] > 0
-            if name != "supervised":
+            assert r["auc"] == pytest.approx(np.mean([x["auc"] for x in r["runs"]]))
+            assert r["auc_sd"] == pytest.approx(np.std([x["auc"] for x in r["runs"]]))
+            if name != "supervised":  # paired with the baseline of the same seed
+                gains = [x["auc"] - sup[x["seed"]]["auc"] for x in r["runs"]]
+                assert r["auc_gain"] == pytest.approx(np.mean(gains))
                 assert r["auc_gain"] == pytest.approx(r["auc"] - rows["supervised"]["auc"])
                 assert r["acc_gain"] == pytest.approx(r["acc"] - rows["supervised"]["acc"])
+                assert r["auc_wins"] == sum(g > 0 for g in gains)
 
 
 @pytest.mark.slow
@@ -126,7 +134,7 @@ def test_readme_tables_equal_the_json():
         block = readme.split("<!-- bench:semi -->")[1].split("<!-- /bench:semi -->")[0]
         for rows in json.loads(semi.read_text())["fractions"].values():
             for r in rows.values():
-                assert f"| {r['auc']:.3f} | {r['acc']:.3f} |" in block
+                assert f"| {r['auc']:.3f} ± {r['auc_sd']:.3f} | {r['acc']:.3f} ± {r['acc_sd']:.3f} |" in block
 
 
 @pytest.mark.slow
