@@ -500,9 +500,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         _err(str(exc))
         return exc.exit_code
-    except _Reported as exc:
-        return exc.exit_code
-    except typer.Exit as exc:
+    except (_Reported, typer.Exit) as exc:
         return exc.exit_code
     except KeyboardInterrupt:  # outside a command (typer turns one inside into exit code 130, below)
         rv = 130
