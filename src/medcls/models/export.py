@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from medcls._atomic import atomic_path
 
 __all__ = ["export_onnx"]
 
@@ -24,14 +24,10 @@ def export_onnx(model: nn.Module, path: str | Path, in_channels: int, size: int,
     model.eval()
     dev = next(model.parameters()).device
     x = torch.zeros(1, in_channels, size, size, device=dev)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        torch.onnx.export(model, (x,), tmp, dynamo=False, opset_version=opset, input_names=["image"],
-                          output_names=["logits"], dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.onnx.export(model, (x,), str(tmp), dynamo=False, opset_version=opset, input_names=["image"],
+                              output_names=["logits"], dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         model.train(was_training)
     return path

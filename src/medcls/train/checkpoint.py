@@ -2,31 +2,21 @@
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from medcls._atomic import atomic_path
 from medcls.errors import MedclsError
 
 __all__ = ["save_weights", "weights_snapshot", "load_weights", "save_state", "load_state", "rng_state", "set_rng_state"]
 
 
 def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        write(str(tmp))
 
 
 def weights_snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
