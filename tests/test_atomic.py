@@ -51,3 +51,33 @@ def test_weights_replace_in_place_and_round_trip(tmp_path):
     load_weights(c, p)
     assert torch.equal(c.weight, b.weight) and not torch.equal(c.weight, a.weight)
     assert sorted(x.name for x in tmp_path.iterdir()) == ["w.safetensors"]
+
+
+def test_a_full_disk_is_reported_as_a_write_error_naming_the_file(tmp_path, monkeypatch):
+    """Writers hide ENOSPC in their own errors (torch: 'unexpected pos'); the free space tells."""
+    import shutil
+    from collections import namedtuple
+
+    from medcls.errors import WriteError
+
+    p = tmp_path / "state.pt"
+    p.write_bytes(b"old")
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10 << 30, 10 << 30, 1 << 20))
+    with pytest.raises(WriteError, match="no space left") as info:
+        with atomic_open(p, "wb") as fh:
+            fh.write(b"new, half")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 2140 vs 2139")
+    assert str(p) in str(info.value)
+    assert p.read_bytes() == b"old"
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["state.pt"]
+
+
+def test_an_impossible_folder_is_a_write_error_and_bugs_keep_their_type(tmp_path):
+    from medcls.errors import WriteError
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(WriteError, match="afile"):
+        write_json(tmp_path / "afile" / "m.json", {})
+    with pytest.raises(TypeError):  # plenty of space: a bug is not disguised as a write error
+        write_json(tmp_path / "m.json", {"x": object()})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -30,11 +31,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     ``open(path, "w")`` would (``0o666`` less the umask), not ``mkstemp``'s
     owner-only ``0o600``, so colleagues can read a shared run folder. On any
     exception the temp file is removed and ``path`` is left untouched, so readers
-    never see a half-written file.
+    never see a half-written file; a full disk or a refused write becomes a
+    :class:`~medcls.errors.WriteError` naming ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
     os.close(fd)
     tmp = Path(name)
     try:
@@ -43,9 +48,37 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
+    except Exception as exc:
+        err = _write_error(path, exc)
+        if err is exc:
+            raise
+        raise err from exc
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+_LOW_SPACE = 64 << 20
+
+
+def _write_error(path: Path, exc: Exception) -> Exception:
+    """A :class:`WriteError` when the failure is the file system's, else ``exc`` itself.
+
+    Writers wrap a full disk in their own types (safetensors' ``SafetensorError``,
+    torch's ``unexpected pos`` RuntimeError), so the free space is checked too.
+    """
+    from medcls.errors import MedclsError, WriteError
+
+    if isinstance(exc, MedclsError):
+        return exc
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(path.parent).free
+        if free < _LOW_SPACE:
+            return WriteError(path, f"no space left on the device ({free >> 20} MiB free in {path.parent}); "
+                                    "free some space or write elsewhere")
+    if isinstance(exc, OSError):
+        return WriteError(path, exc.strerror or str(exc))
+    return exc
 
 
 @contextlib.contextmanager

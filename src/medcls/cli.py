@@ -513,6 +513,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         if debug:
             raise
+        if isinstance(exc, OSError) and exc.filename and exc.strerror:  # the file system refused: where and why
+            _err(f"{exc.filename}: {exc.strerror}")
+            return 1
         _err(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
         return 1
     if rv == 130:  # typer's silent answer to Ctrl-C (no command exits 130 itself); say so

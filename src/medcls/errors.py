@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["MedclsError", "ReadError", "DataError", "ModelError", "TrainingStopped"]
+__all__ = ["MedclsError", "ReadError", "WriteError", "DataError", "ModelError", "TrainingStopped"]
 
 
 class MedclsError(Exception):
@@ -25,6 +25,15 @@ class ReadError(MedclsError):
         self.path = str(path)
         self.problem = " ".join(str(problem).split())  # always one line
         super().__init__(f"{self.path}: {problem}")
+
+
+class WriteError(MedclsError):
+    """An output file could not be written (disk full, no permission, ...); the old file, if any, is intact."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = str(path)
+        self.problem = " ".join(str(problem).split())
+        super().__init__(f"cannot write {self.path}: {self.problem}")
 
 
 class DataError(MedclsError):

@@ -70,3 +70,31 @@ def test_ctrl_c_in_a_command_says_interrupted_and_exits_130(capsys, monkeypatch)
     monkeypatch.setattr(medcls.data, "load_dataset", interrupted)
     rc, out, err = run_cli(["data", "pneumoniamnist"], capsys)
     assert rc == 130 and "interrupted" in err and "Traceback" not in err
+
+
+def test_an_output_the_file_system_refuses_is_one_line_naming_it(medmnist_dir, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "afile" / "run"
+    rc, _, err = run_cli(["train", "--data", "breastmnist", "--data-dir", medmnist_dir, "--out", out,
+                          "--epochs", "1", "--max-train-samples", "32", "--device", "cpu"], capsys)
+    assert rc == 1 and str(out) in err and "Not a directory" in err
+    assert "internal error" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_full_disk_while_saving_says_so(medmnist_dir, tmp_path, capsys, monkeypatch):
+    """torch.save and safetensors hide ENOSPC in their own errors; the user still hears 'no space left'."""
+    import shutil
+    from collections import namedtuple
+
+    import medcls.train.checkpoint as ckpt
+
+    def full(*a, **kw):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 214093824 vs 214093712")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(ckpt.torch, "save", full)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10 << 30, 10 << 30, 0))
+    rc, _, err = run_cli(["train", "--data", "breastmnist", "--data-dir", medmnist_dir, "--out", tmp_path / "run",
+                          "--model", "alexnet_onetower", "--epochs", "1", "--max-train-samples", "32",
+                          "--device", "cpu"], capsys)
+    assert rc == 2 and "no space left" in err and "state.pt" in err and "internal error" not in err
