@@ -18,22 +18,25 @@ class MedclsError(Exception):
     exit_code = 2
 
 
-class ReadError(MedclsError):
-    """A file or folder could not be read as an image."""
+class _FileError(MedclsError):
+    """A problem with one file: keeps ``path`` and a one-line ``problem`` for callers that list failures."""
+
+    _message = "{path}: {problem}"
 
     def __init__(self, path: str | Path, problem: str):
         self.path = str(path)
         self.problem = " ".join(str(problem).split())  # always one line
-        super().__init__(f"{self.path}: {problem}")
+        super().__init__(self._message.format(path=self.path, problem=self.problem))
 
 
-class WriteError(MedclsError):
+class ReadError(_FileError):
+    """A file or folder could not be read as an image."""
+
+
+class WriteError(_FileError):
     """An output file could not be written (disk full, no permission, ...); the old file, if any, is intact."""
 
-    def __init__(self, path: str | Path, problem: str):
-        self.path = str(path)
-        self.problem = " ".join(str(problem).split())
-        super().__init__(f"cannot write {self.path}: {self.problem}")
+    _message = "cannot write {path}: {problem}"
 
 
 class DataError(MedclsError):
