@@ -89,3 +89,19 @@ def test_prepare_by_modality(pydicom_data):
     assert x.shape == (1, 1, 64, 64) and 0 <= x.min() and x.max() <= 1
     d = prep.to_dict()
     assert M.Preparation.from_dict(d) == prep
+
+
+@pytest.mark.parametrize("mode,channels", [("2.5d", 3), ("slices", 1)])
+def test_prepare_4d_time_series_gives_every_slice_of_every_time_point(mode, channels):
+    """nibabel's example4d.nii.gz (fMRI: 2 time points x 24 slices) is items, not a crash in resize."""
+    from pathlib import Path
+
+    import nibabel as nib
+
+    arr, meta = read(Path(nib.__file__).parent / "tests" / "data" / "example4d.nii.gz")
+    prep = M.Preparation(size=28, channels=channels, volume_mode=mode)
+    x = M.prepare(arr, meta, prep)
+    assert arr.ndim == 4 and x.shape == (2 * 24, channels, 28, 28)
+    for t in range(2):  # time point by time point, each prepared as the 3-D volume it is
+        np.testing.assert_array_equal(x[24 * t:24 * (t + 1)], M.prepare(arr[t], meta, prep))
+    assert not np.array_equal(x[:24], x[24:])

@@ -263,8 +263,12 @@ def prepare(array: np.ndarray, meta, prep: Preparation) -> np.ndarray:
     """What :func:`medcls.io.read` returned -> model input ``(N, C, size, size)`` float32 in [0, 1].
 
     A 2-D image gives N = 1; multi-frame files give one item per frame; volumes give
-    one item per slice along ``prep.volume_axis`` (2.5-D stacks neighbours as channels).
+    one item per slice along ``prep.volume_axis`` (2.5-D stacks neighbours as channels);
+    a 4-D volume (a time series such as fMRI or DCE, ``(T, Z, Y, X)``) gives every
+    slice of every time point, time point by time point.
     """
+    if getattr(meta, "is_volume", False) and array.ndim == 4:
+        return np.concatenate([prepare(v, meta, prep) for v in array])
     family = prep.modality if prep.modality != "auto" else modality_family(getattr(meta, "modality", "OT"))
     win = getattr(meta, "window", None)
     if getattr(meta, "is_volume", False) and array.ndim == 3:
