@@ -39,6 +39,13 @@ def test_bad_values_are_refused():
         TrainConfig(data="x", optimizer="adam")
     with pytest.raises(MedclsError, match="checkpoint-every"):
         TrainConfig(data="x", checkpoint_every=-1)
+    for kw, flag in [(dict(lr=-1.0), "--lr"), (dict(lr=0.0), "--lr"), (dict(weight_decay=-1.0), "--weight-decay"),
+                     (dict(label_smoothing=2.0), "--label-smoothing"), (dict(label_smoothing=1.0), "--label-smoothing"),
+                     (dict(channels=0), "--channels"), (dict(size=0), "--size"), (dict(clip_grad=0.0), "--clip-grad"),
+                     (dict(max_train_samples=0), "--max-train-samples"), (dict(warmup_epochs=-1.0), "warm-up")]:
+        with pytest.raises(MedclsError, match=flag):
+            TrainConfig(data="x", **kw)
+    TrainConfig(data="x", lr=1e-4, weight_decay=0.0, label_smoothing=0.1, channels=3, clip_grad=1.0)  # all fine
 
 
 def test_ema_time_constant_is_about_two_epochs():

@@ -70,6 +70,19 @@ class TrainConfig:
             raise MedclsError("--patience must be at least 1")
         if (self.epochs is not None and self.epochs < 1) or (self.batch_size is not None and self.batch_size < 1):
             raise MedclsError("--epochs and --batch-size must be at least 1")
+        for name, value in (("--size", self.size), ("--channels", self.channels),
+                            ("--max-train-samples", self.max_train_samples)):
+            if value is not None and value < 1:
+                raise MedclsError(f"{name} must be at least 1, got {value}")
+        if self.lr is not None and not self.lr > 0:
+            raise MedclsError(f"--lr must be positive, got {self.lr}")
+        if self.clip_grad is not None and not self.clip_grad > 0:
+            raise MedclsError(f"--clip-grad must be positive, got {self.clip_grad}")
+        if not self.weight_decay >= 0 or not self.warmup_epochs >= 0:
+            raise MedclsError(f"--weight-decay and warm-up epochs must be 0 or more, got {self.weight_decay} "
+                              f"and {self.warmup_epochs}")
+        if not 0 <= self.label_smoothing < 1:
+            raise MedclsError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
 
     @property
     def model_args(self) -> dict:
