@@ -51,6 +51,10 @@ def test_medmnist_round_trip(name, n_test, extra, medmnist_dir, tmp_path, capsys
     m = _check_run(run, n_test)
     rc, out, _ = run_cli(["evaluate", run, "--split", "test"], capsys)
     assert rc == 0 and json.loads((run / "metrics.json").read_text())["test"]["auc"] == pytest.approx(m["test"]["auc"])
+    other = "breastmnist" if name == "pneumoniamnist" else "pneumoniamnist"  # other classes: refused, metrics kept
+    before = (run / "metrics.json").read_text()
+    rc, _, err = run_cli(["evaluate", run, "--data", medmnist_dir / f"{other}.npz"], capsys)
+    assert rc == 2 and f"{other}.npz: its classes" in err and (run / "metrics.json").read_text() == before
     # predict on real files of the modality
     z = np.load(medmnist_dir / f"{name}.npz")
     if name.endswith("3d"):

@@ -45,17 +45,20 @@ def evaluate_run(root: str | Path, data: str | None = None, splits=("test",), de
     Returns:
         the whole ``metrics.json`` content.
     """
+    from medcls.errors import DataError
     from medcls.runs import load_run
 
     root = Path(root)
     run = load_run(root, device)
     ds = run.load_dataset(data)
+    if list(ds.class_names) != list(run.class_names) or ds.task != run.task:
+        raise DataError(f"{ds.source}: its classes {list(ds.class_names)} ({ds.task}) are not the ones {root} was "
+                        f"trained on, {list(run.class_names)} ({run.task}), in that order; its metrics would be "
+                        "meaningless")
     results = {}
     for s in splits:
         if (ds.splits == s).any():
             results[s] = run.sample_probs(ds, s)
     if not results:
-        from medcls.errors import DataError
-
         raise DataError(f"{ds.source}: no {', '.join(splits)} split to evaluate on")
     return write_outputs(root, run.meta, results, ds.name)
