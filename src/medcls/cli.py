@@ -413,7 +413,8 @@ def cluster(data: str = typer.Option(..., "--data", help="Dataset (as for train)
             method: str = typer.Option("kmeans", "--method", help="kmeans | gmm"),
             embedding: str = typer.Option("pca", "--embedding", help="2-D plot: pca | tsne | umap"),
             split: str = typer.Option("train", "--split"),
-            max_samples: int = typer.Option(2000, "--max-samples", help="Cluster a random subset of this size."),
+            max_samples: int = typer.Option(2000, "--max-samples", help="Cluster a random subset of this size "
+                                             "(0: the whole split)."),
             ssl_epochs: int = typer.Option(20, "--ssl-epochs", help="SimCLR pretraining epochs (--features ssl)."),
             probe: bool = typer.Option(True, "--probe/--no-probe", help="Also score the features with a linear "
                                        "probe: logistic regression fitted on --split, tested on the test split."),

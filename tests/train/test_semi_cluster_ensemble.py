@@ -150,3 +150,16 @@ def test_cluster_on_trained_cnn_and_ensemble(medmnist_dir, tmp_path, capsys):
     assert (tmp_path / "ens" / "report.html").is_file()
     rc, _, err = run_cli(["ensemble", runs[0], "--out", tmp_path / "bad"], capsys)
     assert rc == 2 and "at least two" in err
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--k", "0"], "--k must be from 2"),
+    (["--k", "1000", "--max-samples", "50"], "number of samples clustered (50), got 1000"),
+    (["--split", "nope"], "no 'nope' split to cluster (it has test, train, val)"),
+    (["--max-samples", "-1"], "--max-samples must be 0"),
+])
+def test_cluster_refuses_impossible_requests_before_any_work(args, says, medmnist_dir, tmp_path, capsys):
+    rc, _, err = run_cli(["cluster", "--data", "breastmnist", "--data-dir", medmnist_dir, "--features", "ssl",
+                          "--out", tmp_path / "c", *args], capsys)
+    assert rc == 2 and says in err and "internal error" not in err
+    assert not (tmp_path / "c").exists()

@@ -36,6 +36,20 @@ def linear_probe(f_train: np.ndarray, y_train: np.ndarray, f_test: np.ndarray, y
             "n_test": int(len(y_test)), "acc": float((p.argmax(1) == y_test).mean()), "auc": auc_score(y_test, p, task)}
 
 
+def _clustered_items(ds, split: str, max_samples: int | None, seed: int, k: int | None):
+    """The split's items and labels to cluster, and ``k`` (default: the number of classes), checked."""
+    from medcls.errors import DataError
+
+    if not (ds.splits == split).any():
+        have = ", ".join(sorted(set(ds.splits.tolist())))
+        raise DataError(f"{ds.source}: no {split!r} split to cluster (it has {have})")
+    x, y = _items(ds, split, max_samples, seed)
+    k = len(ds.class_names) if k is None else k
+    if not 2 <= k <= len(y):
+        raise MedclsError(f"--k must be from 2 to the number of samples clustered ({len(y)}), got {k}")
+    return x, y, k
+
+
 def _items(ds, split: str, max_samples: int | None, seed: int):
     from medcls.train.tensors import to_arrays
 
@@ -69,6 +83,8 @@ def cluster_dataset(data: str, features: str, out: str | Path, *, k: int | None 
 
     if method not in ("kmeans", "gmm"):
         raise MedclsError(f"--method must be kmeans or gmm, not {method!r}")
+    if max_samples is not None and max_samples < 0:
+        raise MedclsError(f"--max-samples must be 0 (the whole split) or more, got {max_samples}")
     out = Path(out)
     if features.startswith("cnn:"):
         from medcls.runs import CNNRun, load_run
@@ -77,14 +93,14 @@ def cluster_dataset(data: str, features: str, out: str | Path, *, k: int | None 
         if not isinstance(run, CNNRun):
             raise MedclsError(f"{features[4:]}: --features cnn:RUN needs a CNN run")
         ds = run.load_dataset(data)
-        x, y = _items(ds, split, max_samples, seed)
+        x, y, k = _clustered_items(ds, split, max_samples, seed, k)
         channels = run.meta["model"]["in_channels"]
 
         def featurize(a):
             return run.embed(a[:, :channels] if ds.is_volume else a)
     else:
         ds = load_dataset(data, data_dir=data_dir)
-        x, y = _items(ds, split, max_samples, seed)
+        x, y, k = _clustered_items(ds, split, max_samples, seed, k)
         if features == "hog":
             from medcls.features import HOGFeatures
 
@@ -103,7 +119,6 @@ def cluster_dataset(data: str, features: str, out: str | Path, *, k: int | None 
             raise MedclsError(f"--features must be hog, ssl or cnn:RUN, not {features!r}")
     feats = featurize(x)
     labelled = ds.task != "multilabel"
-    k = k or len(ds.class_names)
     z = StandardScaler().fit_transform(feats.astype(np.float64))
     if z.shape[1] > 50:
         z = PCA(50, random_state=seed).fit_transform(z)
