@@ -46,6 +46,19 @@ def test_class_folder_dataset(real_pngs, tmp_path):
     np.testing.assert_array_equal(ds.images[i, 0], files[0][2])
 
 
+def test_a_class_whose_files_are_all_unreadable_is_an_error_naming_it(real_pngs, tmp_path):
+    _, files = real_pngs
+    for p, _, _ in files[:6]:
+        (tmp_path / "ds" / "normal").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "ds" / "normal" / p.name).write_bytes(p.read_bytes())
+    (tmp_path / "ds" / "tumour").mkdir()
+    for i in range(3):
+        (tmp_path / "ds" / "tumour" / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    with pytest.raises(DataError, match=r"class 'tumour' has no readable image: its 3 file\(s\) were all skipped "
+                                        r"\(first: .*tumour/0.png: "):
+        load_dataset(tmp_path / "ds", prep=Preparation(size=28))
+
+
 def test_manifest_with_patients_never_splits_a_patient(real_pngs, tmp_path):
     _, files = real_pngs
     lines = ["path,label,patient_id"]

@@ -319,6 +319,11 @@ def _materialise(entries: list[FileEntry], prep: Preparation, label_cols, name: 
         raise DataError(f"{source}: none of the {len(entries)} files could be read (first: {skipped[0][0]}: {skipped[0][1]})")
     images = np.concatenate(xs)
     labels = np.array(ys, dtype=np.float32 if multilabel else np.int64)
+    if not multilabel and (empty := [n for i, n in enumerate(names) if not (labels == i).any()]):
+        listed = [e for e in entries if str(e.label) == empty[0]]
+        why = next((f" (first: {p}: {w})" for p, w in skipped if p == str(listed[0].path)), "")
+        raise DataError(f"{source}: class {empty[0]!r} has no readable image: its {len(listed)} file(s) were all "
+                        f"skipped{why}")
     task = "multilabel" if multilabel else ("binary" if len(names) == 2 else "multiclass")
     return ImageDataset(
         name=name, images=images, labels=labels, splits=np.array(ss), class_names=names, task=task,
