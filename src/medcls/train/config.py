@@ -68,10 +68,8 @@ class TrainConfig:
             raise MedclsError(f"--checkpoint-every must be 0 or more seconds, got {self.checkpoint_every}")
         if self.patience is not None and self.patience < 1:
             raise MedclsError("--patience must be at least 1")
-        if (self.epochs is not None and self.epochs < 1) or (self.batch_size is not None and self.batch_size < 1):
-            raise MedclsError("--epochs and --batch-size must be at least 1")
-        for name, value in (("--size", self.size), ("--channels", self.channels),
-                            ("--max-train-samples", self.max_train_samples)):
+        for name, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size), ("--size", self.size),
+                            ("--channels", self.channels), ("--max-train-samples", self.max_train_samples)):
             if value is not None and value < 1:
                 raise MedclsError(f"{name} must be at least 1, got {value}")
         if self.lr is not None and not self.lr > 0:
