@@ -246,6 +246,7 @@ def train(
                                                      "Ctrl-C/SIGTERM); 0: every epoch. [default: 60; on --resume: "
                                                      "the run's]"),
     init: Optional[str] = typer.Option(None, "--init", help="AlexNet weight init: paper | kaiming."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in --out."),
 ) -> None:
     """Train a CNN; the run folder gets weights, history, metrics.json and report.html."""
     from medcls.train.config import TrainConfig
@@ -277,8 +278,17 @@ def train(
                           device=device, volume_mode=volume_mode,
                           labelled_fraction=labelled_fraction, semi=semi, model_kwargs=kwargs,
                           max_train_samples=max_train_samples)
+        _refuse_to_replace(Path(cfg.out), overwrite)
         root = _fit(cfg)
     _print_metrics(root)
+
+
+def _refuse_to_replace(out: Path, overwrite: bool) -> None:
+    """A finished or interrupted run is hours of work: replacing it takes ``--overwrite``."""
+    out = Path(out)
+    if not overwrite and (out / "config.json").is_file():
+        resume = f", `medcls train --resume {out}` to continue it" if (out / "state.pt").is_file() else ""
+        raise MedclsError(f"{out} already holds a run; pass --overwrite to replace it{resume}, or choose another --out")
 
 
 def _fit(cfg, resume: bool = False) -> Path:
@@ -380,8 +390,10 @@ def classical(data: str = typer.Option(..., "--data", help="Dataset (as for trai
               size: Optional[int] = typer.Option(None, "--size"),
               data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
               quick: bool = typer.Option(False, "--quick", help="Smoke run: 300 training images, one grid point."),
-              seed: int = typer.Option(0, "--seed")) -> None:
+              seed: int = typer.Option(0, "--seed"),
+              overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in --out.")) -> None:
     """Features + a scikit-learn classifier; the same metrics, plots and report as train."""
+    _refuse_to_replace(out, overwrite)
     from medcls.classical import run_classical
 
     best = run_classical(data, features=features, classifier=classifier, out=out, size=size,
@@ -438,9 +450,12 @@ def cluster(data: str = typer.Option(..., "--data", help="Dataset (as for train)
 @app.command()
 def ensemble(runs: list[Path] = typer.Argument(..., help="Run folders trained on the same classes."),
              out: Path = typer.Option(..., "--out", help="Ensemble run folder."),
-             data: Optional[str] = typer.Option(None, "--data", help="Evaluate on this dataset instead.")) -> None:
+             data: Optional[str] = typer.Option(None, "--data", help="Evaluate on this dataset instead."),
+             overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in --out.")) -> None:
     """Average the probabilities of several runs and evaluate like any run."""
     from medcls.runs import make_ensemble
+
+    _refuse_to_replace(out, overwrite)
 
     make_ensemble(runs, out, data)
     _print_metrics(out)
@@ -454,7 +469,7 @@ def demo(data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where
          model: str = typer.Option("vgg11_bn", "--model"),
          epochs: int = typer.Option(2, "--epochs"),
          max_train_samples: Optional[int] = typer.Option(None, "--max-train-samples"),
-         out: Path = typer.Option(Path("runs/demo"), "--out")) -> None:
+         out: Path = typer.Option(Path("runs/demo"), "--out", help="Run folder (replaced if it exists).")) -> None:
     """The main job: read real files, train the default model on PneumoniaMNIST, evaluate, show how to predict."""
     from PIL import Image
     from rich.console import Console

@@ -92,6 +92,18 @@ def test_predict_png_equals_training_input(medmnist_dir, tmp_path, capsys):
     Image.fromarray(x[3, 0]).save(tmp_path / "t3.png")
     pred = r.predict_files([tmp_path / "t3.png"])[0]
     np.testing.assert_allclose(pred.probs, probs[3], atol=1e-5)
+    # The same command again does not replace the finished run; --overwrite does.
+    weights = (run / "best.safetensors").read_bytes()
+    rc, _, err = run_cli(["train", "--data", "breastmnist", "--data-dir", medmnist_dir, "--out", run, *FAST,
+                          "--seed", "1"], capsys)
+    assert rc == 2 and f"{run} already holds a run; pass --overwrite" in err and "--resume" in err
+    assert (run / "best.safetensors").read_bytes() == weights
+    rc, _, err = run_cli(["ensemble", run, run, "--out", run], capsys)
+    assert rc == 2 and "already holds a run" in err
+    rc, _, err = run_cli(["train", "--data", "breastmnist", "--data-dir", medmnist_dir, "--out", run, *FAST,
+                          "--seed", "1", "--overwrite"], capsys)
+    assert rc == 0, err
+    assert (run / "best.safetensors").read_bytes() != weights
 
 
 def test_flip_tta_gives_mirror_images_one_prediction(medmnist_dir, tmp_path, capsys):
