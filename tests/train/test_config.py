@@ -137,3 +137,25 @@ def test_flips_follow_anatomy_with_measured_dataset_exceptions():
     assert default_hflip("mybreastus", "US") and default_hflip("slides", "SM")  # no handedness
     assert not default_hflip("breastmnist", "US")  # BUSI frames keep one layout (measured, see tensors.py)
     assert not default_hflip("pneumoniamnist", "CR")
+
+
+def test_device_strings_are_checked_against_this_machine(monkeypatch):
+    import torch
+
+    from medcls.train.engine import select_device
+
+    assert select_device("cpu") == torch.device("cpu")
+    for bad in ("foo", "", "meta", "cuda:x"):
+        with pytest.raises(MedclsError, match="--device must be auto, cpu, cuda, cuda:N or mps"):
+            select_device(bad)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a one-GPU machine
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert select_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(MedclsError, match="cuda:1 asked for, but this machine has 1 CUDA device"):
+        select_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(MedclsError, match="no CUDA device"):
+        select_device("cuda")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(MedclsError, match="MPS is not available"):
+        select_device("mps")

@@ -42,17 +42,33 @@ __all__ = ["select_device", "fit", "train_step", "predict_items", "aggregate", "
            "RunPaths"]
 
 
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
 def select_device(spec: str = "auto") -> torch.device:
-    """``auto``: CUDA if present, else Apple MPS, else CPU."""
+    """``auto``: CUDA if present, else Apple MPS, else CPU; anything else is checked against this machine."""
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    dev = torch.device(spec)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MedclsError("--device cuda asked for, but no CUDA device is available")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:  # not a device string at all
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise MedclsError(f"--device must be auto, cpu, cuda, cuda:N or mps, not {spec!r}")
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise MedclsError(f"--device {spec} asked for, but no CUDA device is available")
+        if dev.index is not None and dev.index >= n:
+            raise MedclsError(f"--device {spec} asked for, but this machine has {n} CUDA device(s), "
+                              f"cuda:0 to cuda:{n - 1}")
+    elif dev.type == "mps" and not _mps_available():
+        raise MedclsError(f"--device {spec} asked for, but Apple MPS is not available here")
     return dev
 
 
