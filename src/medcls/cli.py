@@ -326,11 +326,13 @@ def _print_metrics(root: Path) -> None:
 def evaluate(run: Path = typer.Argument(..., help="Run folder."),
              data: Optional[str] = typer.Option(None, "--data", help="Another dataset with the same classes."),
              split: str = typer.Option("test", "--split", help="train | val | test"),
+             data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where MedMNIST files are "
+                                                     "(default: where training found them)."),
              device: str = typer.Option("auto", "--device")) -> None:
     """Metrics (ACC, AUC with 95% CI, sensitivity, specificity, F1, confusion), plots, report."""
     from medcls.evaluate import evaluate_run
 
-    evaluate_run(run, data=data, splits=(split,), device=device)
+    evaluate_run(run, data=data, splits=(split,), device=device, data_dir=str(data_dir) if data_dir else None)
     _print_metrics(run)
 
 
@@ -451,13 +453,15 @@ def cluster(data: str = typer.Option(..., "--data", help="Dataset (as for train)
 def ensemble(runs: list[Path] = typer.Argument(..., help="Run folders trained on the same classes."),
              out: Path = typer.Option(..., "--out", help="Ensemble run folder."),
              data: Optional[str] = typer.Option(None, "--data", help="Evaluate on this dataset instead."),
+             data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where MedMNIST files are "
+                                                     "(default: where training found them)."),
              overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in --out.")) -> None:
     """Average the probabilities of several runs and evaluate like any run."""
     from medcls.runs import make_ensemble
 
     _refuse_to_replace(out, overwrite)
 
-    make_ensemble(runs, out, data)
+    make_ensemble(runs, out, data, str(data_dir) if data_dir else None)
     _print_metrics(out)
 
 

@@ -63,7 +63,8 @@ class _Run:
     def class_names(self) -> list[str]:
         return self.meta["data"]["class_names"]
 
-    def load_dataset(self, data: str | None = None):
+    def load_dataset(self, data: str | None = None, data_dir: str | None = None):
+        """The run's dataset, or ``data``; MedMNIST files are looked up in ``data_dir``, else where training was."""
         from medcls.data import load_dataset
         from medcls.modalities import Preparation
 
@@ -71,7 +72,7 @@ class _Run:
         prep = Preparation.from_dict(self.meta["preprocess"]["preparation"]) if "preprocess" in self.meta else None
         spec = data or t["data"]
         size = t.get("size") if data is None else None
-        return load_dataset(spec, data_dir=t.get("data_dir"), size=size, prep=prep, seed=t.get("seed", 0))
+        return load_dataset(spec, data_dir=data_dir or t.get("data_dir"), size=size, prep=prep, seed=t.get("seed", 0))
 
     def predict_files(self, paths) -> list:
         """One :class:`FilePrediction` or :class:`~medcls.errors.ReadError` per path, in order."""
@@ -173,8 +174,8 @@ class EnsembleRun(_Run):
         self.members = [load_run(Path(p), device) for p in meta["members"]]
         self.preparation = self.members[0].preparation
 
-    def load_dataset(self, data: str | None = None):
-        return self.members[0].load_dataset(data)
+    def load_dataset(self, data: str | None = None, data_dir: str | None = None):
+        return self.members[0].load_dataset(data, data_dir)
 
     def sample_probs(self, ds, split: str):
         outs = [m.sample_probs(ds, split) for m in self.members]
@@ -193,7 +194,8 @@ class EnsembleRun(_Run):
         return out
 
 
-def make_ensemble(members: list[str | Path], out: str | Path, data: str | None = None) -> Path:
+def make_ensemble(members: list[str | Path], out: str | Path, data: str | None = None,
+                  data_dir: str | None = None) -> Path:
     """Create an ensemble run that averages the members' probabilities, and evaluate it."""
     from medcls import __version__
     from medcls._atomic import write_json
@@ -212,5 +214,5 @@ def make_ensemble(members: list[str | Path], out: str | Path, data: str | None =
             "data": first, "train": metas[0]["train"],
             "member_models": [m.get("model", {}).get("name") or m.get("classifier") for m in metas]}
     write_json(out / "config.json", meta)
-    evaluate_run(out, data=data, splits=("val", "test"))
+    evaluate_run(out, data=data, splits=("val", "test"), data_dir=data_dir)
     return out

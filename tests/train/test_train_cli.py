@@ -92,6 +92,14 @@ def test_predict_png_equals_training_input(medmnist_dir, tmp_path, capsys):
     Image.fromarray(x[3, 0]).save(tmp_path / "t3.png")
     pred = r.predict_files([tmp_path / "t3.png"])[0]
     np.testing.assert_allclose(pred.probs, probs[3], atol=1e-5)
+    # --data-dir points evaluate at another copy of the set (here: one with a 40-image test split).
+    z = dict(np.load(medmnist_dir / "breastmnist.npz"))
+    z["test_images"], z["test_labels"] = z["test_images"][:40], z["test_labels"][:40]
+    (tmp_path / "alt").mkdir()
+    np.savez(tmp_path / "alt" / "breastmnist.npz", **z)
+    rc, _, err = run_cli(["evaluate", run, "--data", "breastmnist", "--data-dir", tmp_path / "alt"], capsys)
+    assert rc == 0, err
+    assert json.loads((run / "metrics.json").read_text())["test"]["n"] == 40
     # The same command again does not replace the finished run; --overwrite does.
     weights = (run / "best.safetensors").read_bytes()
     rc, _, err = run_cli(["train", "--data", "breastmnist", "--data-dir", medmnist_dir, "--out", run, *FAST,

@@ -39,7 +39,8 @@ def write_outputs(root: Path, meta: dict, results: dict[str, tuple], dataset_nam
     return metrics
 
 
-def evaluate_run(root: str | Path, data: str | None = None, splits=("test",), device: str = "auto") -> dict:
+def evaluate_run(root: str | Path, data: str | None = None, splits=("test",), device: str = "auto",
+                 data_dir: str | None = None) -> dict:
     """Evaluate a run on splits of its dataset (or of ``data``); update its outputs.
 
     Returns:
@@ -50,7 +51,7 @@ def evaluate_run(root: str | Path, data: str | None = None, splits=("test",), de
 
     root = Path(root)
     run = load_run(root, device)
-    ds = run.load_dataset(data)
+    ds = run.load_dataset(data, data_dir)
     if list(ds.class_names) != list(run.class_names) or ds.task != run.task:
         raise DataError(f"{ds.source}: its classes {list(ds.class_names)} ({ds.task}) are not the ones {root} was "
                         f"trained on, {list(run.class_names)} ({run.task}), in that order; its metrics would be "

@@ -92,7 +92,7 @@ def cluster_dataset(data: str, features: str, out: str | Path, *, k: int | None 
         run = load_run(features[4:])
         if not isinstance(run, CNNRun):
             raise MedclsError(f"{features[4:]}: --features cnn:RUN needs a CNN run")
-        ds = run.load_dataset(data)
+        ds = run.load_dataset(data, data_dir)
         x, y, k = _clustered_items(ds, split, max_samples, seed, k)
         channels = run.meta["model"]["in_channels"]
 
