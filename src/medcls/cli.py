@@ -346,10 +346,12 @@ def predict(run: Path = typer.Argument(..., help="Run folder."),
     from medcls.runs import load_run
 
     r = load_run(run, device)
-    targets: list[Path] = []
+    targets: list = []
     for p in paths:
         if p.is_dir() and not _is_series(p):
             targets += [f for f in iter_image_files(p)]
+        elif p.is_dir():
+            targets += _series_targets(p)
         else:
             targets.append(p)
     results, failed = [], False
@@ -359,7 +361,7 @@ def predict(run: Path = typer.Argument(..., help="Run folder."),
             failed = True
             continue
         k = int(res.probs.argmax()) if r.task != "multilabel" else None
-        rec = {"path": res.path,
+        rec = {"path": res.path, **({"series_uid": res.series_uid} if res.series_uid else {}),
                "class": r.class_names[k] if k is not None else [n for n, p in zip(r.class_names, res.probs) if p >= 0.5],
                "probabilities": {n: round(float(p), 6) for n, p in zip(r.class_names, res.probs)}}
         if len(res.item_probs) > 1:
@@ -372,9 +374,24 @@ def predict(run: Path = typer.Argument(..., help="Run folder."),
         for rec in results:
             probs = "  ".join(f"{n}={p:.3f}" for n, p in rec["probabilities"].items())
             extra = f"  ({rec['items']} slices/frames, mean)" if "items" in rec else ""
-            typer.echo(f"{rec['path']}: {rec['class']}  {probs}{extra}")
+            where = f"{rec['path']} [series {rec['series_uid']}]" if "series_uid" in rec else rec["path"]
+            typer.echo(f"{where}: {rec['class']}  {probs}{extra}")
     if failed:
         raise typer.Exit(2)
+
+
+def _series_targets(folder: Path) -> list:
+    """A DICOM folder to predict on: itself when it holds one series, else each series apart.
+
+    A folder of radiographs holds one single-file series per image: those are
+    predicted file by file; a series of several slices becomes ``(folder, uid)``.
+    """
+    from medcls.io.series import scan_series
+
+    series = scan_series(folder).series
+    if len(series) <= 1:
+        return [folder]
+    return [s.files[0] if len(s.files) == 1 else (folder, uid) for uid, s in series.items()]
 
 
 def _is_series(p: Path) -> bool:

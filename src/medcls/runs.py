@@ -23,6 +23,7 @@ class FilePrediction:
     path: str
     probs: np.ndarray  # aggregated over frames/slices
     item_probs: np.ndarray  # per frame/slice
+    series_uid: str | None = None  # which series of a DICOM folder holding several
 
 
 def _read_meta(root: Path) -> dict:
@@ -75,22 +76,27 @@ class _Run:
         return load_dataset(spec, data_dir=data_dir or t.get("data_dir"), size=size, prep=prep, seed=t.get("seed", 0))
 
     def predict_files(self, paths) -> list:
-        """One :class:`FilePrediction` or :class:`~medcls.errors.ReadError` per path, in order."""
+        """One :class:`FilePrediction` or :class:`~medcls.errors.ReadError` per path, in order.
+
+        A path may also be a ``(folder, series_uid)`` pair: one series of a DICOM
+        folder that holds several.
+        """
         from medcls.errors import ReadError
         from medcls.io import read
         from medcls.modalities import prepare
 
         out = []
         for p in paths:
+            p, uid = p if isinstance(p, tuple) else (p, None)
             try:
-                arr, meta = read(p)
+                arr, meta = read(p, series_uid=uid)
                 items = prepare(arr, meta, self.preparation)
             except ReadError as exc:
                 out.append(exc)
                 continue
             q = (np.clip(items, 0, 1) * 255.0 + 0.5).astype(np.uint8)
             ip = self.predict_items(q)
-            out.append(FilePrediction(str(p), ip.mean(0), ip))
+            out.append(FilePrediction(str(p), ip.mean(0), ip, uid))
         return out
 
 
@@ -190,7 +196,7 @@ class EnsembleRun(_Run):
                 out.append(preds[0])
                 continue
             items = np.mean([p.item_probs for p in preds], 0) if len({p.item_probs.shape for p in preds}) == 1 else preds[0].item_probs
-            out.append(FilePrediction(preds[0].path, np.mean([p.probs for p in preds], 0), items))
+            out.append(FilePrediction(preds[0].path, np.mean([p.probs for p in preds], 0), items, preds[0].series_uid))
         return out
 
 

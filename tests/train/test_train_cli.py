@@ -342,3 +342,32 @@ def test_weight_ema_is_what_is_validated_and_kept(medmnist_dir, tmp_path):
         torch.testing.assert_close(raw_best[k], raw_last[k], rtol=0, atol=0)
     w = [k for k in ema_best if k.endswith("weight") and ema_best[k].ndim == 4][0]
     assert not torch.equal(ema_best[w], ema_last[w]), "with EMA the kept weights are the average, not the last step"
+
+
+def test_predict_on_a_dicom_folder_holding_several_series(medmnist_dir, tmp_path, capsys):
+    """A folder of radiographs (one single-file series each) and a folder of two CT series both predict."""
+    import shutil
+
+    from tests.io.test_volumes import _write_series
+
+    run = tmp_path / "run"
+    rc, _, err = run_cli(["train", "--data", "breastmnist", "--data-dir", medmnist_dir, "--out", run, *FAST], capsys)
+    assert rc == 0, err
+    xrays = tmp_path / "xrays"
+    xrays.mkdir()
+    for name in ("CT_small.dcm", "MR_small.dcm", "RG1_UNCI.dcm"):
+        shutil.copy(dcm(name), xrays / name)
+    rc, out, err = run_cli(["predict", run, xrays, "--json"], capsys)
+    recs = json.loads(out)
+    assert rc == 0, err
+    assert sorted(Path(r["path"]).name for r in recs) == ["CT_small.dcm", "MR_small.dcm", "RG1_UNCI.dcm"]
+    assert all("series_uid" not in r and "items" not in r for r in recs)
+    cts = tmp_path / "cts"
+    cts.mkdir()
+    uids = {_write_series(cts, n=4): 4, _write_series(cts, n=3): 3}
+    rc, out, err = run_cli(["predict", run, cts, "--json"], capsys)
+    recs = json.loads(out)
+    assert rc == 0, err
+    assert {r["series_uid"]: r["items"] for r in recs} == uids and all(r["path"] == str(cts) for r in recs)
+    rc, out, _ = run_cli(["predict", run, cts], capsys)
+    assert all(f"{cts} [series {u}]" in out for u in uids)
