@@ -283,6 +283,9 @@ def train(
     _print_metrics(root)
 
 
+_RUN_DATA_DIR_HELP = "Where MedMNIST files are (default: where the run was trained)."
+
+
 def _refuse_to_replace(out: Path, overwrite: bool) -> None:
     """A finished or interrupted run is hours of work: replacing it takes ``--overwrite``."""
     out = Path(out)
@@ -326,8 +329,7 @@ def _print_metrics(root: Path) -> None:
 def evaluate(run: Path = typer.Argument(..., help="Run folder."),
              data: Optional[str] = typer.Option(None, "--data", help="Another dataset with the same classes."),
              split: str = typer.Option("test", "--split", help="train | val | test"),
-             data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where MedMNIST files are "
-                                                     "(default: where training found them)."),
+             data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=_RUN_DATA_DIR_HELP),
              device: str = typer.Option("auto", "--device")) -> None:
     """Metrics (ACC, AUC with 95% CI, sensitivity, specificity, F1, confusion), plots, report."""
     from medcls.evaluate import evaluate_run
@@ -412,8 +414,9 @@ def classical(data: str = typer.Option(..., "--data", help="Dataset (as for trai
               seed: int = typer.Option(0, "--seed"),
               overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in --out.")) -> None:
     """Features + a scikit-learn classifier; the same metrics, plots and report as train."""
-    _refuse_to_replace(out, overwrite)
     from medcls.classical import run_classical
+
+    _refuse_to_replace(out, overwrite)
 
     best = run_classical(data, features=features, classifier=classifier, out=out, size=size,
                          data_dir=str(data_dir) if data_dir else None, seed=seed, quick=quick, log=typer.echo)
@@ -470,14 +473,12 @@ def cluster(data: str = typer.Option(..., "--data", help="Dataset (as for train)
 def ensemble(runs: list[Path] = typer.Argument(..., help="Run folders trained on the same classes."),
              out: Path = typer.Option(..., "--out", help="Ensemble run folder."),
              data: Optional[str] = typer.Option(None, "--data", help="Evaluate on this dataset instead."),
-             data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where MedMNIST files are "
-                                                     "(default: where training found them)."),
+             data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=_RUN_DATA_DIR_HELP),
              overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in --out.")) -> None:
     """Average the probabilities of several runs and evaluate like any run."""
     from medcls.runs import make_ensemble
 
     _refuse_to_replace(out, overwrite)
-
     make_ensemble(runs, out, data, str(data_dir) if data_dir else None)
     _print_metrics(out)
 
