@@ -237,6 +237,10 @@ def train(
     volume_mode: str = typer.Option("2.5d", "--volume-mode", help="Volumes: slices | 2.5d"),
     labelled_fraction: float = typer.Option(1.0, "--labelled-fraction", help="Keep this fraction of train labels."),
     semi: Optional[str] = typer.Option(None, "--semi", help="pseudo | fixmatch | meanteacher"),
+    refit: Optional[bool] = typer.Option(None, "--refit/--no-refit", help="After choosing the epoch on validation, "
+                                         "train again from scratch on train + val up to that epoch and ship that "
+                                         "model (the first pass stays in RUN/selection). [default: on below 2,000 "
+                                         "training images when all labels are used]"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where MedMNIST files are."),
     max_train_samples: Optional[int] = typer.Option(None, "--max-train-samples", help="Train on a random subset."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted (or Ctrl-C-stopped) "
@@ -257,7 +261,13 @@ def train(
         if given:
             raise MedclsError(f"--resume continues {resume} with its own configuration; drop "
                               f"{', '.join(given)} (only --checkpoint-every may change), or train a new run")
-        cfg = TrainConfig.load(resume / "config.json") if (resume / "config.json").is_file() else None
+        from medcls.train.engine import SELECTION
+
+        cfg = None
+        if (resume / "config.json").is_file():
+            cfg = TrainConfig.load(resume / "config.json")
+        elif (resume / SELECTION / "config.json").is_file():  # a refit run stopped before its second pass
+            cfg = dataclasses.replace(TrainConfig.load(resume / SELECTION / "config.json"), refit=True)
         if cfg is None:
             raise MedclsError(f"{resume}: not a run folder (no config.json)")
         cfg.out = str(resume)
@@ -276,7 +286,7 @@ def train(
                           checkpoint_every=TrainConfig.checkpoint_every if checkpoint_every is None
                           else checkpoint_every,
                           device=device, volume_mode=volume_mode,
-                          labelled_fraction=labelled_fraction, semi=semi, model_kwargs=kwargs,
+                          labelled_fraction=labelled_fraction, semi=semi, refit=refit, model_kwargs=kwargs,
                           max_train_samples=max_train_samples)
         _refuse_to_replace(Path(cfg.out), overwrite)
         root = _fit(cfg)
@@ -289,7 +299,7 @@ _RUN_DATA_DIR_HELP = "Where MedMNIST files are (default: where the run was train
 def _refuse_to_replace(out: Path, overwrite: bool) -> None:
     """A finished or interrupted run is hours of work: replacing it takes ``--overwrite``."""
     out = Path(out)
-    if not overwrite and (out / "config.json").is_file():
+    if not overwrite and ((out / "config.json").is_file() or (out / "selection" / "config.json").is_file()):
         resume = f", `medcls train --resume {out}` to continue it" if (out / "state.pt").is_file() else ""
         raise MedclsError(f"{out} already holds a run; pass --overwrite to replace it{resume}, or choose another --out")
 
@@ -315,8 +325,11 @@ class _Reported(Exception):
 
 def _print_metrics(root: Path) -> None:
     m = json.loads((root / "metrics.json").read_text())
-    for split in ("val", "test"):
-        if split in m:
+    first = root / "selection" / "metrics.json"
+    if "val" not in m and first.is_file():  # a refit run: validation belongs to its first pass
+        m = {"val (first pass)": json.loads(first.read_text()).get("val"), **m}
+    for split in ("val", "val (first pass)", "test"):
+        if m.get(split):
             x = m[split]
             typer.echo(f"{split}: ACC {x['acc']:.4f}  AUC {x['auc']:.4f} (95% CI {x['auc_ci95'][0]:.3f}-"
                        f"{x['auc_ci95'][1]:.3f})  sensitivity {x['sensitivity']:.3f}  "

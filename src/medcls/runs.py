@@ -220,5 +220,7 @@ def make_ensemble(members: list[str | Path], out: str | Path, data: str | None =
             "data": first, "train": metas[0]["train"],
             "member_models": [m.get("model", {}).get("name") or m.get("classifier") for m in metas]}
     write_json(out / "config.json", meta)
-    evaluate_run(out, data=data, splits=("val", "test"), data_dir=data_dir)
+    # a member trained again on train + val (refit) has seen the val split: the ensemble reports test only
+    refit = any(m.get("refit") for m in metas)
+    evaluate_run(out, data=data, splits=("test",) if refit else ("val", "test"), data_dir=data_dir)
     return out

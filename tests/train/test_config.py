@@ -48,6 +48,18 @@ def test_bad_values_are_refused():
     TrainConfig(data="x", lr=1e-4, weight_decay=0.0, label_smoothing=0.1, channels=3, clip_grad=1.0)  # all fine
 
 
+def test_refit_is_on_for_small_fully_labelled_sets_unless_told():
+    cfg = TrainConfig(data="x")
+    assert cfg.refit_for(546) and cfg.refit_for(1188)  # BreastMNIST, AdrenalMNIST3D (volumes)
+    assert not cfg.refit_for(4708)  # PneumoniaMNIST: 10 % more images for twice the time
+    assert not TrainConfig(data="x", refit=False).refit_for(546) and TrainConfig(data="x", refit=True).refit_for(9999)
+    # labels held back on purpose stay held back
+    assert not TrainConfig(data="x", semi="fixmatch", labelled_fraction=0.1).refit_for(546)
+    assert not TrainConfig(data="x", labelled_fraction=0.1).refit_for(546)
+    with pytest.raises(MedclsError, match="--refit"):
+        TrainConfig(data="x", refit=True, semi="pseudo", labelled_fraction=0.1)
+
+
 def test_ema_time_constant_is_about_two_epochs():
     assert TrainConfig.ema_decay(18) == pytest.approx(1 - 1 / 36)  # BreastMNIST at batch 32
     assert TrainConfig.ema_decay(1) == 0.9  # bounded for tiny runs

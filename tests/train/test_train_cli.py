@@ -26,6 +26,12 @@ def _check_run(run: Path, n_test: int | None = None):
     for f in RUN_FILES:
         assert (run / f).is_file(), f
     m = json.loads((run / "metrics.json").read_text())
+    refit = json.loads((run / "config.json").read_text()).get("refit")
+    if refit:  # small sets train again on train + val (the default): val metrics belong to the first pass
+        first = _check_run(run / refit["selection"], n_test)
+        assert "val" not in m and 1 <= refit["epoch"] <= refit["of_epochs"]
+        assert refit["n_val"] == first["val"]["n"]
+        m = {**m, "val": first["val"]}
     assert METRIC_KEYS <= set(m["test"]) and METRIC_KEYS <= set(m["val"])
     assert 0 <= m["test"]["acc"] <= 1 and 0 <= m["test"]["auc"] <= 1
     if n_test is not None:
@@ -157,7 +163,8 @@ def test_folder_and_csv_datasets(medmnist_dir, tmp_path, capsys):
     rc, _, err = run_cli(["train", "--data", tmp_path / "m.csv", "--size", "32", "--out", tmp_path / "r2", *FAST], capsys)
     assert rc == 0, err
     m = _check_run(tmp_path / "r2")
-    n_train = json.loads((tmp_path / "r2" / "config.json").read_text())["data"]["n_train_labelled"]
+    cfg = json.loads((tmp_path / "r2" / "config.json").read_text())
+    n_train = cfg["refit"]["n_train"] if "refit" in cfg else cfg["data"]["n_train_labelled"]
     assert n_train + m["val"]["n"] + m["test"]["n"] == len(files)  # every file in exactly one split
     rc, out, _ = run_cli(["predict", tmp_path / "r2", tmp_path / "folder" / "normal", "--json"], capsys)
     assert rc == 0 and len(json.loads(out)) == 20
@@ -181,7 +188,8 @@ def test_multilabel_csv(medmnist_dir, tmp_path, capsys):
 def _train_cmd(out: Path, medmnist_dir: Path, epochs: int) -> list[str]:
     return [sys.executable, "-m", "medcls.cli", "train", "--data", "pneumoniamnist", "--data-dir", str(medmnist_dir),
             "--out", str(out), "--model", "alexnet_onetower", "--epochs", str(epochs), "--batch-size", "32",
-            "--max-train-samples", "256", "--init", "kaiming", "--seed", "3", "--device", "cpu", "--checkpoint-every", "0"]
+            "--max-train-samples", "256", "--init", "kaiming", "--seed", "3", "--device", "cpu", "--checkpoint-every", "0",
+            "--no-refit"]  # one pass: the refit's two are tested in test_refit_trains_again_on_train_and_val
 
 
 @pytest.mark.slow
@@ -240,7 +248,7 @@ def test_checkpoints_are_timed_and_the_final_epoch_always_lands(medmnist_dir, tm
     save_state = engine.save_state
     monkeypatch.setattr(engine, "save_state", lambda path, st: (writes.append(int(st["epoch"])), save_state(path, st)))
     common = dict(data="breastmnist", data_dir=str(medmnist_dir), model="alexnet_onetower", epochs=3,
-                  max_train_samples=64, limit_eval_samples=32, device="cpu", seed=2)
+                  max_train_samples=64, limit_eval_samples=32, device="cpu", seed=2, refit=False)
     every = engine.fit(TrainConfig(out=str(tmp_path / "every"), checkpoint_every=0, **common), evaluate_at_end=False)
     assert writes == [1, 2, 3]
     writes.clear()
@@ -277,7 +285,7 @@ def test_ctrl_c_finishes_the_epoch_checkpoints_and_resumes_exactly(medmnist_dir,
 
     args = ["train", "--data", "breastmnist", "--data-dir", medmnist_dir, "--model", "alexnet_onetower",
             "--epochs", "3", "--batch-size", "32", "--max-train-samples", "64", "--init", "kaiming", "--seed", "4",
-            "--device", "cpu", "--checkpoint-every", "3600"]
+            "--device", "cpu", "--checkpoint-every", "3600", "--no-refit"]
     full = tmp_path / "full"
     rc, _, err = run_cli(args + ["--out", full], capsys)
     assert rc == 0, err
@@ -314,7 +322,7 @@ def test_a_second_ctrl_c_stops_at_once(medmnist_dir, tmp_path, monkeypatch):
     _signal_at_first_validation(monkeypatch, times=2)
     cfg = TrainConfig(data="breastmnist", data_dir=str(medmnist_dir), model="alexnet_onetower", epochs=3,
                       max_train_samples=64, limit_eval_samples=32, device="cpu", out=str(tmp_path / "r"),
-                      checkpoint_every=3600)
+                      checkpoint_every=3600, refit=False)
     with pytest.raises(KeyboardInterrupt) as exc:
         engine.fit(cfg, evaluate_at_end=False)
     assert not isinstance(exc.value, TrainingStopped)
@@ -371,3 +379,63 @@ def test_predict_on_a_dicom_folder_holding_several_series(medmnist_dir, tmp_path
     assert {r["series_uid"]: r["items"] for r in recs} == uids and all(r["path"] == str(cts) for r in recs)
     rc, out, _ = run_cli(["predict", run, cts], capsys)
     assert all(f"{cts} [series {u}]" in out for u in uids)
+
+
+def test_refit_trains_again_on_train_and_val(medmnist_dir, tmp_path, monkeypatch, capsys):
+    """The first pass chooses the epoch; the second trains on train + val up to it; both resume exactly."""
+    from safetensors.torch import load_file
+
+    from medcls.train import engine
+
+    args = ["train", "--data", "breastmnist", "--data-dir", medmnist_dir, "--model", "alexnet_onetower",
+            "--epochs", "3", "--batch-size", "32", "--max-train-samples", "64", "--init", "kaiming", "--seed", "5",
+            "--device", "cpu", "--checkpoint-every", "3600"]
+    full = tmp_path / "full"
+    rc, out, err = run_cli(args + ["--out", full], capsys)  # 64 training images: refit by default
+    assert rc == 0, err
+    assert "val (first pass): ACC" in out and "test: ACC" in out
+    m = _check_run(full, 156)
+    cfg, first = (json.loads((d / "config.json").read_text()) for d in (full, full / "selection"))
+    import csv
+
+    val_auc = [float(r["val_auc"]) for r in csv.DictReader((full / "selection" / "history.csv").open())]
+    chosen = cfg["refit"]["epoch"]
+    assert chosen == val_auc.index(max(val_auc)) + 1, "the refit stops at the epoch validation chose"
+    assert cfg["refit"]["of_epochs"] == first["train"]["epochs_resolved"] == 3
+    assert cfg["data"]["n_train_labelled"] == 64 + m["val"]["n"] == first["data"]["n_train_labelled"] + 78
+    refit_hist = (full / "history.csv").read_text().splitlines()
+    assert len(refit_hist) == chosen + 1 and "val_auc" not in refit_hist[0]
+    rc, _, err = run_cli(["evaluate", full, "--split", "val"], capsys)
+    assert rc == 2 and "val split is training data" in err and "selection" in err
+    assert "Refit: a first pass" in (full / "report.html").read_text()
+
+    # Ctrl-C in the first pass: the resume command names the run, which has no config.json of its own yet
+    stopped = tmp_path / "stopped"
+    with monkeypatch.context() as mp:
+        _signal_at_first_validation(mp, times=1)
+        rc, _, err = run_cli(args + ["--out", stopped], capsys)
+    assert rc == 128 + signal.SIGINT and f"--resume {stopped}`" in err, err
+    assert not (stopped / "config.json").exists() and (stopped / "selection" / "state.pt").is_file()
+    rc, _, err = run_cli(["train", "--data", "breastmnist", "--out", stopped], capsys)
+    assert rc == 2 and "already holds a run" in err, "an interrupted first pass is a run too"
+    # ... and Ctrl-C again, in the second pass (the only one training on more than 64 images)
+    step, sent = engine.train_step, []
+
+    def interrupt_refit(*a, **kw):
+        if len(a[7]) > 64 and not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(*a, **kw)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(engine, "train_step", interrupt_refit)
+        rc, out, err = run_cli(["train", "--resume", stopped], capsys)
+    if chosen > 1:  # (a one-epoch refit finishes the epoch it was asked to stop after)
+        assert sent and rc == 128 + signal.SIGINT and f"stopped after epoch 1/{chosen}" in err, err
+        rc, out, err = run_cli(["train", "--resume", stopped], capsys)
+    assert rc == 0, err
+    for sub in ("selection/best.safetensors", "best.safetensors", "last.safetensors"):
+        a, b = load_file(full / sub), load_file(stopped / sub)
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    assert json.loads((stopped / "metrics.json").read_text())["test"]["auc"] == m["test"]["auc"]

@@ -11,6 +11,13 @@ from medcls.evaluate.metrics import auc_score, bootstrap_auc_ci, compute_metrics
 __all__ = ["evaluate_run", "compute_metrics", "auc_score", "bootstrap_auc_ci", "write_outputs"]
 
 
+def _read_csv(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
 def write_outputs(root: Path, meta: dict, results: dict[str, tuple], dataset_name: str) -> dict:
     """Merge per-split metrics into ``metrics.json``; draw plots; write ``report.html``."""
     from medcls._atomic import write_json
@@ -29,12 +36,13 @@ def write_outputs(root: Path, meta: dict, results: dict[str, tuple], dataset_nam
     plot_roc(y, probs, task, names, root / "roc.png", title=f"ROC — {dataset_name} {focus}")
     plot_confusion(metrics[focus]["confusion"], names, root / "confusion.png", title=f"{dataset_name} {focus}")
     plot_reliability(reliability(y, probs, task), root / "calibration.png", title=f"Calibration — {dataset_name} {focus}")
-    hist = root / "history.csv"
+    refit = meta.get("refit")
+    hist = root / (f"{refit['selection']}/history.csv" if refit else "history.csv")
     if hist.is_file():
-        with open(hist, newline="") as fh:
-            rows = list(csv.DictReader(fh))
+        rows = _read_csv(hist)
         if rows:
-            plot_curves(rows, root / "curves.png")
+            plot_curves(rows, root / "curves.png",
+                        refit=(_read_csv(root / "history.csv"), refit["epoch"]) if refit else None)
     write_report(root, meta, metrics)
     return metrics
 
@@ -56,6 +64,10 @@ def evaluate_run(root: str | Path, data: str | None = None, splits=("test",), de
         raise DataError(f"{ds.source}: its classes {list(ds.class_names)} ({ds.task}) are not the ones {root} was "
                         f"trained on, {list(run.class_names)} ({run.task}), in that order; its metrics would be "
                         "meaningless")
+    refit = run.meta.get("refit")
+    if refit and "val" in splits and ds.name == run.meta["data"]["name"]:
+        raise DataError(f"{root} was trained again on train + val (refit), so its val split is training data; "
+                        f"the validation metrics of its first pass are in {root / refit['selection']}/metrics.json")
     results = {}
     for s in splits:
         if (ds.splits == s).any():

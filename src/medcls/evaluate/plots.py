@@ -91,16 +91,23 @@ def plot_reliability(rel: dict, path: Path, title: str = "") -> None:
     plt.close(fig)
 
 
-def plot_curves(history: list[dict], path: Path) -> None:
+def plot_curves(history: list[dict], path: Path, refit: tuple[list[dict], int] | None = None) -> None:
+    """Loss and validation AUC/ACC per epoch; ``refit``: (the refit pass's history, the chosen epoch)."""
     plt = _fig()
     ep = [int(float(r["epoch"])) for r in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
     a.plot(ep, [float(r["train_loss"]) for r in history], label="train loss")
     a.plot(ep, [float(r["val_loss"]) for r in history], label="val loss")
+    if refit is not None and refit[0]:
+        a.plot([int(float(r["epoch"])) for r in refit[0]], [float(r["train_loss"]) for r in refit[0]],
+               label="train + val loss (refit)", color="C4")
     a.set(xlabel="epoch", ylabel="loss")
     a.legend()
     b.plot(ep, [float(r["val_auc"]) for r in history], label="val AUC", color="C2")
     b.plot(ep, [float(r["val_acc"]) for r in history], label="val ACC", color="C3")
+    if refit is not None:
+        for ax in (a, b):
+            ax.axvline(refit[1], color="0.5", linestyle=":", label=None)
     b.set(xlabel="epoch", ylim=(0, 1.01))
     b.legend()
     from matplotlib.ticker import MaxNLocator

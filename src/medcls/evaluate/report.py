@@ -31,6 +31,18 @@ def _img(path: Path, alt: str) -> str:
     return f'<h3>{html.escape(alt)}</h3><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
+def _refit_note(meta: dict) -> str:
+    r = meta.get("refit")
+    if not r:
+        return ""
+    auc = f" (validation AUC {_f(r['val_auc'])})" if r.get("val_auc") is not None else ""
+    sel = html.escape(r["selection"])
+    return (f"<p>Refit: a first pass trained on the {r['n_train']} training images chose epoch {r['epoch']} of "
+            f"{r['of_epochs']}{auc}; this model was then trained from scratch on train + validation "
+            f"({r['n_train'] + r['n_val']} images) up to that epoch. The validation split is training data here; "
+            f'the first pass\'s own report is <a href="{sel}/report.html">{sel}/report.html</a>.</p>')
+
+
 def write_report(root: Path, meta: dict, metrics: dict) -> Path:
     from medcls._atomic import write_text
 
@@ -70,6 +82,7 @@ def write_report(root: Path, meta: dict, metrics: dict) -> Path:
 “{html.escape(str(last.get('positive_class', '')) if last else '')}” at the argmax decision. AUC CI: percentile bootstrap
 over cases. Multi-class AUC: one-vs-rest macro, as MedMNIST reports it. Brier score and expected
 calibration error (15 bins): lower is better; the reliability diagram shows what the ECE measures.</p>
+{_refit_note(meta)}
 {per}
 {_img(root / 'roc.png', 'ROC (test)')}
 {_img(root / 'confusion.png', 'Confusion matrix (test)')}

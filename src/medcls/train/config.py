@@ -10,6 +10,7 @@ from medcls.errors import MedclsError
 
 __all__ = ["TrainConfig", "TTA_MODES"]
 
+REFIT_AUTO_BELOW = 2000  # training images/volumes below which refit is on by default
 TTA_MODES = ("none", "flip")  # test-time augmentation: none, or the mean with the mirror image
 
 
@@ -45,6 +46,7 @@ class TrainConfig:
     volume_slices: int = 8  # slices per volume used (centred), 0: all
     labelled_fraction: float = 1.0
     semi: str | None = None  # pseudo | fixmatch | meanteacher
+    refit: bool | None = None  # train again on train + val up to the chosen epoch; None: auto (see refit_for)
     model_kwargs: dict = field(default_factory=dict)
     max_train_samples: int | None = None  # for quick runs and tests
     limit_eval_samples: int | None = None
@@ -81,6 +83,9 @@ class TrainConfig:
                               f"and {self.warmup_epochs}")
         if not 0 <= self.label_smoothing < 1:
             raise MedclsError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.refit and (self.semi or self.labelled_fraction < 1):
+            raise MedclsError("--refit trains again with every label of train + val; it does not go with --semi "
+                              "or --labelled-fraction below 1, which hold labels back on purpose")
 
     @property
     def model_args(self) -> dict:
@@ -101,6 +106,22 @@ class TrainConfig:
         if self.epochs is not None:
             return self.epochs
         return int(min(100, max(4, round(20_000 / max(1, n_train_items)))))
+
+    def refit_for(self, n_train_samples: int) -> bool:
+        """``refit``, or when auto: on below 2,000 training images (or volumes) when every label is used.
+
+        Small sets are where 14 % more labelled images matter and where a second
+        pass costs little. BreastMNIST (546 + 78 images), AlexNet defaults, seeds
+        0-4 on 2 CPU cores: test AUC 0.878 +- 0.018 (ACC 0.863) from the epoch
+        chosen on validation alone, 0.896 +- 0.015 (ACC 0.873) refit on train +
+        val up to that epoch; higher for every seed (+0.011 to +0.026), about
+        95 s -> 190 s. Larger sets gain less for twice the time, and a
+        semi-supervised run or a --labelled-fraction baseline keeps labels back
+        on purpose.
+        """
+        if self.refit is not None:
+            return self.refit
+        return self.semi is None and self.labelled_fraction >= 1 and n_train_samples < REFIT_AUTO_BELOW
 
     def patience_for(self, epochs: int) -> int:
         """``patience``, or when auto: half the epochs, at least 8.

@@ -19,9 +19,10 @@ import math
 import os
 import signal
 import sys
+import shutil
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -319,25 +320,87 @@ def _limit(a: TrainArrays, n: int | None, seed: int) -> TrainArrays:
     return TrainArrays(a.x[idx], a.y[idx], a.sample[idx])
 
 
+SELECTION = "selection"  # the sub-folder of a refit run that holds its first, epoch-choosing pass
+
+
 def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) -> Path:
-    """Train a model as configured; write the run folder; return its path."""
+    """Train a model as configured; write the run folder; return its path.
+
+    With ``refit`` (on by default for small, fully labelled training sets, see
+    ``TrainConfig.refit_for``) training takes two passes, the second pass of
+    early stopping in Goodfellow, Bengio & Courville (2016, algorithm 7.2): the
+    first trains on the training split and chooses the epoch by validation AUC,
+    exactly as without ``refit``, and is kept as a run of its own in
+    ``RUN/selection``; the second trains from scratch on train + validation with
+    the same schedule up to that epoch, and is the model ``RUN`` ships. Its
+    validation split is then training data, so ``RUN/metrics.json`` reports the
+    test split only; the first pass's ``metrics.json`` has both.
+    """
     run = RunPaths(Path(cfg.out))
     _set_threads()
     device = select_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    import random as _random
-
-    _random.seed(cfg.seed)
-
     ds, arrays, run_prep = prepare_data(cfg)
     train = _limit(arrays["train"], cfg.max_train_samples, cfg.seed)
     val = _limit(arrays["val"], cfg.limit_eval_samples, cfg.seed)
     task = ds.task if ds.task != "ordinal" else "multiclass"
-    k = len(ds.class_names)
     if cfg.semi and task == "multilabel":
         raise MedclsError("semi-supervised training supports binary and multi-class tasks, not multi-label")
+    from medcls.evaluate import evaluate_run
 
+    sel = RunPaths(run.root / SELECTION)
+    if not cfg.refit_for(len(np.unique(train.sample))):
+        if not resume and (sel.config.is_file() or sel.state.is_file()):
+            shutil.rmtree(sel.root)  # an earlier, replaced refit run's first pass
+        _train_stage(cfg, run, ds, train, val, run_prep, device, task, resume=resume)
+        if evaluate_at_end:
+            evaluate_run(run.root, splits=("val", "test"))
+        return run.root
+
+    if not resume:  # an earlier run's files here would be taken for this run's if it stopped in the first pass
+        for stale in (run.config, run.state):
+            stale.unlink(missing_ok=True)
+    # first pass: choose the epoch (a finished pass resumes as a no-op)
+    sel_cfg = replace(cfg, out=str(sel.root), refit=False)
+    history, epochs, bs = _train_stage(sel_cfg, sel, ds, train, val, run_prep, device, task,
+                                       resume=resume and sel.state.is_file(), resume_root=run.root)
+    if evaluate_at_end and not (resume and (sel.root / "metrics.json").is_file()):
+        evaluate_run(sel.root, splits=("val", "test"))
+    aucs = np.array([float(r["val_auc"]) for r in history])
+    chosen = int(np.nanargmax(aucs)) + 1 if np.isfinite(aucs).any() else len(history)
+    # second pass: train + val, from scratch, the same schedule up to the chosen epoch
+    both = TrainArrays(np.concatenate([train.x, val.x]), np.concatenate([train.y, val.y]),
+                       np.concatenate([train.sample, val.sample + int(train.sample.max()) + 1]))
+    info = {"selection": SELECTION, "epoch": chosen, "of_epochs": epochs, "batch_size": bs,
+            "val_auc": float(aucs[chosen - 1]) if np.isfinite(aucs).any() else None,
+            "n_train": int(len(np.unique(train.sample))), "n_val": int(len(np.unique(val.sample)))}
+    _log(f"refit: epoch {chosen} of {epochs} chosen on validation; training again on train + val "
+         f"({len(both.y)} items) for {chosen} epochs")
+    _train_stage(cfg, run, ds, both, None, run_prep, device, task, resume=resume and run.state.is_file(),
+                 epochs=epochs, stop_after=chosen, batch_size=bs, refit=info)
+    if evaluate_at_end:
+        evaluate_run(run.root, splits=("test",))
+    return run.root
+
+
+def _seed_all(seed: int) -> None:
+    import random
+
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _train_stage(cfg: TrainConfig, run: RunPaths, ds, train: TrainArrays, val: TrainArrays | None, run_prep,
+                 device: torch.device, task: str, *, resume: bool, resume_root: Path | None = None,
+                 epochs: int | None = None, stop_after: int | None = None, batch_size: int | None = None,
+                 refit: dict | None = None) -> tuple[list[dict], int, int]:
+    """One training pass into ``run``; returns (history, epochs of the schedule, batch size).
+
+    ``val`` None: no validation (the refit pass); the weights after ``stop_after``
+    epochs of an ``epochs``-long schedule are the ones kept.
+    """
+    _seed_all(cfg.seed)
+    k = len(ds.class_names)
     labelled = _labelled_subset(train.y, train.sample, cfg.labelled_fraction, cfg.seed)
     x_l, y_l = train.x[labelled], train.y[labelled]
     x_u = train.x[~labelled] if cfg.semi else train.x[:0]
@@ -364,10 +427,11 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
     for p in model.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    bs = cfg.batch_for(len(y_l))
+    bs = batch_size or cfg.batch_for(len(y_l))
     lr = cfg.learning_rate(bs)
     opt = make_optimizer(cfg.optimizer, groups, lr)
-    epochs = cfg.epochs_for(len(y_l))
+    epochs = epochs or cfg.epochs_for(len(y_l))
+    last_epoch = min(epochs, stop_after or epochs)
     patience = cfg.patience_for(epochs)
     steps_per_epoch = max(1, math.ceil(len(y_l) / bs))
     total = steps_per_epoch * epochs
@@ -438,7 +502,8 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
 
     _log(f"training {cfg.model} on {ds.name}: {len(y_l)} labelled items"
          + (f" + {len(x_u)} unlabelled ({cfg.semi})" if cfg.semi else "")
-         + f", {channels}x{size}x{size}, {k} classes, device {device}")
+         + f", {channels}x{size}x{size}, {k} classes, device {device}"
+         + (f" (refit on train + val: epoch {last_epoch} of {epochs})" if refit is not None else ""))
 
     meta["train"]["epochs_resolved"] = epochs
     meta["train"]["patience_resolved"] = patience
@@ -446,13 +511,15 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
     meta["train"]["lr_resolved"] = lr
     if ema is not None or teacher is not None:
         meta["train"]["ema_decay_resolved"] = ema_decay
+    if refit is not None:
+        meta["refit"] = refit
     if not resume:
         write_json(run.config, meta)
     # Checkpoints (~0.4 GB for AlexNet at 28 px) can cost as much as a short epoch, so they are written
     # every cfg.checkpoint_every seconds and after the final epoch; a resume replays from the last one.
     last_checkpoint, pending_best = time.monotonic(), None
     with _StopRequest() as stop:
-        for epoch in range(start_epoch, epochs):
+        for epoch in range(start_epoch, last_epoch):
             if bad_epochs >= patience:
                 break
             model.train()
@@ -474,7 +541,7 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
             else:
                 order = torch.randperm(n, generator=gen).numpy()
             t0, seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
-            bar = _progress(n, f"epoch {epoch + 1}/{epochs}")
+            bar = _progress(n, f"epoch {epoch + 1}/{last_epoch}")
             for i in range(0, n, bs):
                 idx = np.sort(order[i:i + bs])
                 if len(idx) < 2 and i > 0:
@@ -502,28 +569,31 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
                 bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
             bar.close()
             secs = time.perf_counter() - t0
-            pv = predict_items(eval_model, val.x, norm, device, task, amp=cfg.amp, tta=cfg.tta)
-            pv_s, yv_s = aggregate(pv, val.sample, val.y)
-            from medcls.evaluate.metrics import auc_score
+            row = {"epoch": epoch + 1, "train_loss": round(loss_sum / max(1, loss_n), 6)}
+            if val is not None:
+                pv = predict_items(eval_model, val.x, norm, device, task, amp=cfg.amp, tta=cfg.tta)
+                pv_s, yv_s = aggregate(pv, val.sample, val.y)
+                from medcls.evaluate.metrics import auc_score
 
-            val_auc = auc_score(yv_s, pv_s, task)
-            with torch.no_grad():
-                lv = _val_loss(pv_s, yv_s, task)
-            val_acc = (float(((pv_s >= 0.5) == (yv_s > 0.5)).mean()) if task == "multilabel"
-                       else float((pv_s.argmax(1) == yv_s).mean()))
-            improved = val_auc == val_auc and val_auc > best_auc
-            row = {"epoch": epoch + 1, "train_loss": round(loss_sum / max(1, loss_n), 6), "val_loss": round(lv, 6),
-                   "val_auc": round(val_auc, 6), "val_acc": round(val_acc, 6), "lr": sched.get_last_lr()[0],
-                   "seconds": round(secs, 2), "images_per_s": round(seen / secs, 1)}
+                val_auc = auc_score(yv_s, pv_s, task)
+                with torch.no_grad():
+                    lv = _val_loss(pv_s, yv_s, task)
+                val_acc = (float(((pv_s >= 0.5) == (yv_s > 0.5)).mean()) if task == "multilabel"
+                           else float((pv_s.argmax(1) == yv_s).mean()))
+                improved = val_auc == val_auc and val_auc > best_auc
+                row.update(val_loss=round(lv, 6), val_auc=round(val_auc, 6), val_acc=round(val_acc, 6))
+            else:  # the refit pass: nothing to validate on; the last epoch's weights are kept
+                improved = epoch + 1 == last_epoch
+            row.update(lr=sched.get_last_lr()[0], seconds=round(secs, 2), images_per_s=round(seen / secs, 1))
             if cfg.semi == "pseudo":
                 row["n_pseudo"] = n_pseudo
             history.append(row)
             if improved:
-                best_auc, bad_epochs = val_auc, 0
+                best_auc, bad_epochs = (val_auc if val is not None else best_auc), 0
                 pending_best = weights_snapshot(eval_model)  # written with the next checkpoint
-            else:
+            elif val is not None:
                 bad_epochs += 1
-            final = epoch + 1 == epochs or bad_epochs >= patience
+            final = epoch + 1 == last_epoch or bad_epochs >= patience
             stopping = stop.signum is not None and not final
             if final or stopping or time.monotonic() - last_checkpoint >= cfg.checkpoint_every:
                 # best, then last, then state: state.pt commits the checkpoint, so whatever it
@@ -549,20 +619,17 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
                 save_state(run.state, state)
                 last_checkpoint = time.monotonic()
             _history_write(run.history, history)
-            _log(f"epoch {epoch + 1:3d}/{epochs}  loss {row['train_loss']:.4f}  val_loss {lv:.4f}  "
-                 f"val_auc {val_auc:.4f}  val_acc {val_acc:.4f}  {row['images_per_s']:.0f} img/s"
+            scores = (f"  val_loss {row['val_loss']:.4f}  val_auc {row['val_auc']:.4f}  val_acc {row['val_acc']:.4f}"
+                      if val is not None else "")
+            _log(f"epoch {epoch + 1:3d}/{last_epoch}  loss {row['train_loss']:.4f}{scores}  {row['images_per_s']:.0f} img/s"
                  + (f"  {n_pseudo} pseudo-labelled" if cfg.semi == "pseudo" else "") + ("  *" if improved else ""))
             if stopping:
-                raise TrainingStopped(f"{run.root}: stopped after epoch {epoch + 1}/{epochs} "
+                raise TrainingStopped(f"{run.root}: stopped after epoch {epoch + 1}/{last_epoch} "
                                       f"({signal.Signals(stop.signum).name}); continue with "
-                                      f"`medcls train --resume {run.root}`", stop.signum)
+                                      f"`medcls train --resume {resume_root or run.root}`", stop.signum)
     if not run.best.is_file():
         save_weights(eval_model, run.best)
-    if evaluate_at_end:
-        from medcls.evaluate import evaluate_run
-
-        evaluate_run(run.root, splits=("val", "test"))
-    return run.root
+    return history, epochs, bs
 
 
 def make_optimizer(name: str, groups: list[dict], lr: float) -> torch.optim.Optimizer:
