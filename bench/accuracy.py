@@ -50,8 +50,13 @@ def run_cnn(model: str, data: str, seed: int, quick: bool, work: Path, data_dir)
     fit(cfg)
     secs = time.perf_counter() - t0
     m = json.loads((out / "metrics.json").read_text())["test"]
-    return {"run": str(out), "acc": m["acc"], "auc": m["auc"], "auc_ci95": m["auc_ci95"], "seconds": round(secs, 1),
-            "epochs": json.loads((out / "config.json").read_text())["train"]["epochs_resolved"]}
+    meta = json.loads((out / "config.json").read_text())
+    row = {"run": str(out), "acc": m["acc"], "auc": m["auc"], "auc_ci95": m["auc_ci95"], "seconds": round(secs, 1),
+           "epochs": meta["train"]["epochs_resolved"]}
+    if meta.get("refit"):  # the first pass alone is what --no-refit gives: report it beside
+        first = json.loads((out / meta["refit"]["selection"] / "metrics.json").read_text())["test"]
+        row.update(refit_epoch=meta["refit"]["epoch"], first_pass_acc=first["acc"], first_pass_auc=first["auc"])
+    return row
 
 
 def run_classical(data: str, quick: bool, work: Path, data_dir) -> dict | None:
@@ -86,7 +91,10 @@ def summarise(rows: list[dict]) -> dict:
     auc = [r["auc"] for r in rows]
     return {"acc_mean": float(np.mean(acc)), "acc_sd": float(np.std(acc, ddof=1)) if len(acc) > 1 else 0.0,
             "auc_mean": float(np.mean(auc)), "auc_sd": float(np.std(auc, ddof=1)) if len(auc) > 1 else 0.0,
-            "seconds_mean": float(np.mean([r["seconds"] for r in rows])), "runs": rows}
+            "seconds_mean": float(np.mean([r["seconds"] for r in rows])), "runs": rows,
+            **({"first_pass_auc_mean": float(np.mean([r["first_pass_auc"] for r in rows])),
+                "first_pass_acc_mean": float(np.mean([r["first_pass_acc"] for r in rows]))}
+               if all("first_pass_auc" in r for r in rows) else {})}
 
 
 def reference_rows(pub: dict, data: str) -> list[dict]:

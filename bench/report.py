@@ -52,6 +52,9 @@ def accuracy_block() -> str:
             acc = f"{s['acc_mean']:.3f}" + (f" ± {s['acc_sd']:.3f}" if sd else "")
             flag = " ⚠ collapsed to the majority class" if s["collapsed"] else ""
             lines.append(f"| **medcls: {name}**{tag}{flag} | {auc} | {acc} | {s['seconds_mean']:.0f} s |")
+            if "first_pass_auc_mean" in s:  # refit by default on small sets: the same runs' first pass alone
+                lines.append(f"| medcls: {name}, first pass only (`--no-refit`) | {s['first_pass_auc_mean']:.3f} | "
+                             f"{s['first_pass_acc_mean']:.3f} | |")
         for p in d["published"]:
             auc = "–" if p["auc"] is None else f"{p['auc']:.3f}"
             acc = "–" if p["acc"] is None else f"{p['acc']:.3f}"

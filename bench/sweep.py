@@ -22,6 +22,7 @@ from _common import machine  # noqa: E402
 
 VARIANTS = {
     "base": dict(),  # the defaults
+    "norefit": dict(refit=False),  # one pass: the epoch chosen on validation, no second pass on train + val
     "plain_ema": dict(_plain_ema=True),  # the EMA without its warm-up
     "pat8": dict(patience=8),  # the earlier fixed patience
     "ep2x": dict(_epoch_mult=2),
@@ -71,11 +72,15 @@ def one(args):
     with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
         run = eng.fit(cfg)
     m = json.load(open(f"{run}/metrics.json"))
-    hist = list(csv.DictReader(open(f"{run}/history.csv")))
+    refit = json.load(open(f"{run}/config.json")).get("refit")
+    first = f"{run}/{refit['selection']}" if refit else run  # validation belongs to a refit run's first pass
+    hist = list(csv.DictReader(open(f"{first}/history.csv")))
     best = max(hist, key=lambda r: float(r["val_auc"]))
     row = dict(dataset=dataset, model=model, variant=variant, seed=seed, secs=round(time.time() - t0, 1),
-               val_auc=m["val"]["auc"], test_auc=m["test"]["auc"], test_acc=m["test"]["acc"],
-               best_epoch=int(best["epoch"]), epochs_run=len(hist))
+               val_auc=json.load(open(f"{first}/metrics.json"))["val"]["auc"], test_auc=m["test"]["auc"],
+               test_acc=m["test"]["acc"], best_epoch=int(best["epoch"]), epochs_run=len(hist), refit=bool(refit))
+    if refit:  # the same seed's first pass: what --no-refit gives
+        row.update(first_pass_test_auc=json.load(open(f"{first}/metrics.json"))["test"]["auc"])
     if tta:  # the same weights, each test prediction averaged with that of the mirror image
         from medcls.evaluate.metrics import auc_score
         from medcls.runs import load_run
