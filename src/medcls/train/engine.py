@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import json
 import math
 import os
 import signal
@@ -331,7 +332,7 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
     early stopping in Goodfellow, Bengio & Courville (2016, algorithm 7.2): the
     first trains on the training split and chooses the epoch by validation AUC,
     exactly as without ``refit``, and is kept as a run of its own in
-    ``RUN/selection``; the second trains from scratch on train + validation with
+    ``RUN/selection`` (less its resume state once the refit is done); the second trains from scratch on train + validation with
     the same schedule up to that epoch, and is the model ``RUN`` ships. Its
     validation split is then training data, so ``RUN/metrics.json`` reports the
     test split only; the first pass's ``metrics.json`` has both.
@@ -359,24 +360,32 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
     if not resume:  # an earlier run's files here would be taken for this run's if it stopped in the first pass
         for stale in (run.config, run.state):
             stale.unlink(missing_ok=True)
-    # first pass: choose the epoch (a finished pass resumes as a no-op)
-    sel_cfg = replace(cfg, out=str(sel.root), refit=False)
-    history, epochs, bs = _train_stage(sel_cfg, sel, ds, train, val, run_prep, device, task,
-                                       resume=resume and sel.state.is_file(), resume_root=run.root)
-    if evaluate_at_end and not (resume and (sel.root / "metrics.json").is_file()):
-        evaluate_run(sel.root, splits=("val", "test"))
-    aucs = np.array([float(r["val_auc"]) for r in history])
-    chosen = int(np.nanargmax(aucs)) + 1 if np.isfinite(aucs).any() else len(history)
-    # second pass: train + val, from scratch, the same schedule up to the chosen epoch
     both = TrainArrays(np.concatenate([train.x, val.x]), np.concatenate([train.y, val.y]),
                        np.concatenate([train.sample, val.sample + int(train.sample.max()) + 1]))
-    info = {"selection": SELECTION, "epoch": chosen, "of_epochs": epochs, "batch_size": bs,
-            "val_auc": float(aucs[chosen - 1]) if np.isfinite(aucs).any() else None,
-            "n_train": int(len(np.unique(train.sample))), "n_val": int(len(np.unique(val.sample)))}
-    _log(f"refit: epoch {chosen} of {epochs} chosen on validation; training again on train + val "
-         f"({len(both.y)} items) for {chosen} epochs")
+    started = json.loads(run.config.read_text()).get("refit") if resume and run.config.is_file() else None
+    if started:  # the second pass had begun: its config.json holds what the first pass chose
+        info = started
+    else:
+        # first pass: choose the epoch (a finished pass resumes as a no-op)
+        sel_cfg = replace(cfg, out=str(sel.root), refit=False)
+        history, epochs, bs = _train_stage(sel_cfg, sel, ds, train, val, run_prep, device, task,
+                                           resume=resume and sel.state.is_file(), resume_root=run.root)
+        if evaluate_at_end and not (resume and (sel.root / "metrics.json").is_file()):
+            evaluate_run(sel.root, splits=("val", "test"))
+        aucs = np.array([float(r["val_auc"]) for r in history])
+        chosen = int(np.nanargmax(aucs)) + 1 if np.isfinite(aucs).any() else len(history)
+        info = {"selection": SELECTION, "epoch": chosen, "of_epochs": epochs, "batch_size": bs,
+                "val_auc": float(aucs[chosen - 1]) if np.isfinite(aucs).any() else None,
+                "n_train": int(len(np.unique(train.sample))), "n_val": int(len(np.unique(val.sample)))}
+        _log(f"refit: epoch {chosen} of {epochs} chosen on validation; training again on train + val "
+             f"({len(both.y)} items) for {chosen} epochs")
+    # second pass: train + val, from scratch, the same schedule up to the chosen epoch
     _train_stage(cfg, run, ds, both, None, run_prep, device, task, resume=resume and run.state.is_file(),
-                 epochs=epochs, stop_after=chosen, batch_size=bs, refit=info)
+                 epochs=info["of_epochs"], stop_after=info["epoch"], batch_size=info["batch_size"], refit=info)
+    # the first pass is finished and superseded: its resume state (~0.4 GB for AlexNet at 28 px) can go;
+    # its weights, history and metrics stay
+    for done in (sel.state, sel.last):
+        done.unlink(missing_ok=True)
     if evaluate_at_end:
         evaluate_run(run.root, splits=("test",))
     return run.root
