@@ -240,7 +240,7 @@ def train(
     refit: Optional[bool] = typer.Option(None, "--refit/--no-refit", help="After choosing the epoch on validation, "
                                          "train again from scratch on train + val up to that epoch and ship that "
                                          "model (the first pass stays in RUN/selection). [default: on below 2,000 "
-                                         "training images when all labels are used]"),
+                                         "training items (images, or slices of volumes) when all labels are used]"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where MedMNIST files are."),
     max_train_samples: Optional[int] = typer.Option(None, "--max-train-samples", help="Train on a random subset."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted (or Ctrl-C-stopped) "

@@ -10,7 +10,7 @@ from medcls.errors import MedclsError
 
 __all__ = ["TrainConfig", "TTA_MODES"]
 
-REFIT_AUTO_BELOW = 2000  # training images/volumes below which refit is on by default
+REFIT_AUTO_BELOW = 2000  # training items (images; a volume's slices or 2.5-D stacks) below which refit is on
 TTA_MODES = ("none", "flip")  # test-time augmentation: none, or the mean with the mirror image
 
 
@@ -108,16 +108,23 @@ class TrainConfig:
         return int(min(100, max(4, round(20_000 / max(1, n_train_items)))))
 
     def refit_for(self, n_train_samples: int) -> bool:
-        """``refit``, or when auto: on below 2,000 training images (or volumes) when every label is used.
+        """``refit``, or when auto: on below 2,000 training items when every label is used.
+
+        Items are what the network trains on, as for ``epochs_for`` and
+        ``batch_for``: images, or the slices (2.5-D stacks) of volumes.
 
         Small sets are where 14 % more labelled images matter and where a second
         pass costs little. BreastMNIST (546 + 78 images), AlexNet defaults, seeds
         0-4 on 2 CPU cores: test AUC 0.878 +- 0.018 (ACC 0.863) from the epoch
         chosen on validation alone, 0.896 +- 0.015 (ACC 0.873) refit on train +
         val up to that epoch; higher for every seed (+0.011 to +0.026), about
-        95 s -> 190 s. Larger sets gain less for twice the time, and a
-        semi-supervised run or a --labelled-fraction baseline keeps labels back
-        on purpose.
+        95 s -> 190 s. Larger sets gain less for twice the time, and their short
+        auto schedules (4 epochs for AdrenalMNIST3D's 9,504 slice stacks) can
+        choose an early epoch that a second pass does not reproduce: AlexNet's
+        first pass chose epoch 1 of 4 there and its refit collapsed to the
+        majority class (test AUC 0.816 -> 0.785), while VGG-11-BN's chose 4 of 4
+        and gained (0.810 -> 0.832). A semi-supervised run or a
+        --labelled-fraction baseline keeps labels back on purpose.
         """
         if self.refit is not None:
             return self.refit

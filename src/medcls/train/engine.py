@@ -349,7 +349,7 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
     from medcls.evaluate import evaluate_run
 
     sel = RunPaths(run.root / SELECTION)
-    if not cfg.refit_for(len(np.unique(train.sample))):
+    if not cfg.refit_for(len(train.y)):
         if not resume and (sel.config.is_file() or sel.state.is_file()):
             shutil.rmtree(sel.root)  # an earlier, replaced refit run's first pass
         _train_stage(cfg, run, ds, train, val, run_prep, device, task, resume=resume)
