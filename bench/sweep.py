@@ -80,7 +80,8 @@ def one(args):
                val_auc=json.load(open(f"{first}/metrics.json"))["val"]["auc"], test_auc=m["test"]["auc"],
                test_acc=m["test"]["acc"], best_epoch=int(best["epoch"]), epochs_run=len(hist), refit=bool(refit))
     if refit:  # the same seed's first pass: what --no-refit gives
-        row.update(first_pass_test_auc=json.load(open(f"{first}/metrics.json"))["test"]["auc"])
+        fm = json.load(open(f"{first}/metrics.json"))["test"]
+        row.update(first_pass_test_auc=fm["auc"], first_pass_test_acc=fm["acc"])
     if tta:  # the same weights, each test prediction averaged with that of the mirror image
         from medcls.evaluate.metrics import auc_score
         from medcls.runs import load_run
@@ -146,6 +147,12 @@ if __name__ == "__main__":
             print(f"{m:10s} {v:14s} {np.mean([r['val_auc'] for r in rr]):7.3f} {ta.mean():8.3f} {ta.std():5.3f} "
                   f"{ta.min():5.3f} {tc.mean():8.3f} {tc.std():5.3f} {tc.min():5.3f} "
                   f"{np.mean([r['secs'] for r in rr]):6.1f}")
+            if all("first_pass_test_auc" in r for r in rr):  # the same seeds' first pass: --no-refit
+                fa = np.array([r["first_pass_test_auc"] for r in rr])
+                fc = np.array([r["first_pass_test_acc"] for r in rr])
+                print(f"{'':10s} {'first pass':14s} {'':7s} {fa.mean():8.3f} {fa.std():5.3f} {fa.min():5.3f} "
+                      f"{fc.mean():8.3f} {fc.std():5.3f} {fc.min():5.3f}   refit - first pass: AUC "
+                      f"{(ta - fa).mean():+.3f}, higher for {int((ta > fa).sum())}/{len(ta)} seeds")
             if a.tta:
                 tf = np.array([r["test_auc_flip_tta"] for r in rr])
                 print(f"{'':10s} {'+ flip TTA':14s} {'':7s} {tf.mean():8.3f} {tf.std():5.3f} {tf.min():5.3f} "
