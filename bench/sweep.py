@@ -74,14 +74,14 @@ def one(args):
     m = json.load(open(f"{run}/metrics.json"))
     refit = json.load(open(f"{run}/config.json")).get("refit")
     first = f"{run}/{refit['selection']}" if refit else run  # validation belongs to a refit run's first pass
+    fm = json.load(open(f"{first}/metrics.json")) if refit else m
     hist = list(csv.DictReader(open(f"{first}/history.csv")))
     best = max(hist, key=lambda r: float(r["val_auc"]))
     row = dict(dataset=dataset, model=model, variant=variant, seed=seed, secs=round(time.time() - t0, 1),
-               val_auc=json.load(open(f"{first}/metrics.json"))["val"]["auc"], test_auc=m["test"]["auc"],
+               val_auc=fm["val"]["auc"], test_auc=m["test"]["auc"],
                test_acc=m["test"]["acc"], best_epoch=int(best["epoch"]), epochs_run=len(hist), refit=bool(refit))
     if refit:  # the same seed's first pass: what --no-refit gives
-        fm = json.load(open(f"{first}/metrics.json"))["test"]
-        row.update(first_pass_test_auc=fm["auc"], first_pass_test_acc=fm["acc"])
+        row.update(first_pass_test_auc=fm["test"]["auc"], first_pass_test_acc=fm["test"]["acc"])
     if tta:  # the same weights, each test prediction averaged with that of the mirror image
         from medcls.evaluate.metrics import auc_score
         from medcls.runs import load_run

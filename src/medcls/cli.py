@@ -16,6 +16,7 @@ from typing import Optional
 import typer
 
 from medcls.errors import MedclsError, ReadError, TrainingStopped
+from medcls.train.config import SELECTION  # light: dataclasses and json only
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Classify medical images: read, prepare, train, evaluate.")
@@ -261,8 +262,6 @@ def train(
         if given:
             raise MedclsError(f"--resume continues {resume} with its own configuration; drop "
                               f"{', '.join(given)} (only --checkpoint-every may change), or train a new run")
-        from medcls.train.engine import SELECTION
-
         cfg = None
         if (resume / "config.json").is_file():
             cfg = TrainConfig.load(resume / "config.json")
@@ -299,7 +298,7 @@ _RUN_DATA_DIR_HELP = "Where MedMNIST files are (default: where the run was train
 def _refuse_to_replace(out: Path, overwrite: bool) -> None:
     """A finished or interrupted run is hours of work: replacing it takes ``--overwrite``."""
     out = Path(out)
-    if not overwrite and ((out / "config.json").is_file() or (out / "selection" / "config.json").is_file()):
+    if not overwrite and ((out / "config.json").is_file() or (out / SELECTION / "config.json").is_file()):
         resume = f", `medcls train --resume {out}` to continue it" if (out / "state.pt").is_file() else ""
         raise MedclsError(f"{out} already holds a run; pass --overwrite to replace it{resume}, or choose another --out")
 
@@ -325,7 +324,7 @@ class _Reported(Exception):
 
 def _print_metrics(root: Path) -> None:
     m = json.loads((root / "metrics.json").read_text())
-    first = root / "selection" / "metrics.json"
+    first = root / SELECTION / "metrics.json"
     if "val" not in m and first.is_file():  # a refit run: validation belongs to its first pass
         m = {"val (first pass)": json.loads(first.read_text()).get("val"), **m}
     for split in ("val", "val (first pass)", "test"):

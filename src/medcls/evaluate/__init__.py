@@ -38,11 +38,10 @@ def write_outputs(root: Path, meta: dict, results: dict[str, tuple], dataset_nam
     plot_reliability(reliability(y, probs, task), root / "calibration.png", title=f"Calibration — {dataset_name} {focus}")
     refit = meta.get("refit")
     hist = root / (f"{refit['selection']}/history.csv" if refit else "history.csv")
-    if hist.is_file():
-        rows = _read_csv(hist)
-        if rows:
-            plot_curves(rows, root / "curves.png",
-                        refit=(_read_csv(root / "history.csv"), refit["epoch"]) if refit else None)
+    rows = _read_csv(hist)
+    if rows:
+        plot_curves(rows, root / "curves.png",
+                    refit=(_read_csv(root / "history.csv"), refit["epoch"]) if refit else None)
     write_report(root, meta, metrics)
     return metrics
 

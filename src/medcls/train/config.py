@@ -8,8 +8,9 @@ from pathlib import Path
 
 from medcls.errors import MedclsError
 
-__all__ = ["TrainConfig", "TTA_MODES"]
+__all__ = ["TrainConfig", "TTA_MODES", "SELECTION"]
 
+SELECTION = "selection"  # the sub-folder of a refit run that holds its first, epoch-choosing pass
 REFIT_AUTO_BELOW = 2000  # training items (images; a volume's slices or 2.5-D stacks) below which refit is on
 TTA_MODES = ("none", "flip")  # test-time augmentation: none, or the mean with the mirror image
 
@@ -107,7 +108,7 @@ class TrainConfig:
             return self.epochs
         return int(min(100, max(4, round(20_000 / max(1, n_train_items)))))
 
-    def refit_for(self, n_train_samples: int) -> bool:
+    def refit_for(self, n_train_items: int) -> bool:
         """``refit``, or when auto: on below 2,000 training items when every label is used.
 
         Items are what the network trains on, as for ``epochs_for`` and
@@ -128,7 +129,7 @@ class TrainConfig:
         """
         if self.refit is not None:
             return self.refit
-        return self.semi is None and self.labelled_fraction >= 1 and n_train_samples < REFIT_AUTO_BELOW
+        return self.semi is None and self.labelled_fraction >= 1 and n_train_items < REFIT_AUTO_BELOW
 
     def patience_for(self, epochs: int) -> int:
         """``patience``, or when auto: half the epochs, at least 8.

@@ -18,9 +18,9 @@ import io
 import json
 import math
 import os
+import shutil
 import signal
 import sys
-import shutil
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -37,7 +37,7 @@ from medcls.errors import MedclsError, TrainingStopped
 from medcls.train.augment import Augment
 from medcls.train.checkpoint import (load_state, load_weights, rng_state, save_state, save_weights, set_rng_state,
                                     weights_snapshot)
-from medcls.train.config import TTA_MODES, TrainConfig
+from medcls.train.config import SELECTION, TTA_MODES, TrainConfig
 from medcls.train.tensors import MODALITY_OF_FAMILY, TrainArrays, default_hflip, to_arrays
 
 __all__ = ["select_device", "fit", "train_step", "predict_items", "aggregate", "build_model", "Normaliser",
@@ -321,9 +321,6 @@ def _limit(a: TrainArrays, n: int | None, seed: int) -> TrainArrays:
     return TrainArrays(a.x[idx], a.y[idx], a.sample[idx])
 
 
-SELECTION = "selection"  # the sub-folder of a refit run that holds its first, epoch-choosing pass
-
-
 def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) -> Path:
     """Train a model as configured; write the run folder; return its path.
 
@@ -332,8 +329,9 @@ def fit(cfg: TrainConfig, resume: bool = False, evaluate_at_end: bool = True) ->
     early stopping in Goodfellow, Bengio & Courville (2016, algorithm 7.2): the
     first trains on the training split and chooses the epoch by validation AUC,
     exactly as without ``refit``, and is kept as a run of its own in
-    ``RUN/selection`` (less its resume state once the refit is done); the second trains from scratch on train + validation with
-    the same schedule up to that epoch, and is the model ``RUN`` ships. Its
+    ``RUN/selection`` (less its resume state once the refit is done); the
+    second trains from scratch on train + validation with the same schedule up
+    to that epoch, and is the model ``RUN`` ships. Its
     validation split is then training data, so ``RUN/metrics.json`` reports the
     test split only; the first pass's ``metrics.json`` has both.
     """
