@@ -39,6 +39,7 @@ def majority_rate(name: str, data_dir) -> float:
 
 
 def run_cnn(model: str, data: str, seed: int, quick: bool, work: Path, data_dir) -> dict:
+    from medcls.runs import evaluate_after_training
     from medcls.train.config import TrainConfig
     from medcls.train.engine import fit
 
@@ -47,27 +48,27 @@ def run_cnn(model: str, data: str, seed: int, quick: bool, work: Path, data_dir)
     kw = dict(epochs=1, max_train_samples=128, volume_slices=2, limit_eval_samples=128) if quick else {}
     cfg = TrainConfig(data=data, model=model, out=str(out), seed=seed, data_dir=data_dir, **kw)
     t0 = time.perf_counter()
-    fit(cfg)
+    evaluate_after_training(fit(cfg))
     secs = time.perf_counter() - t0
     m = json.loads((out / "metrics.json").read_text())["test"]
     meta = json.loads((out / "config.json").read_text())
     row = {"run": str(out), "acc": m["acc"], "auc": m["auc"], "auc_ci95": m["auc_ci95"], "seconds": round(secs, 1),
-           "epochs": meta["train"]["epochs_resolved"]}
+           "epochs": meta["schedule"]["epochs"]}
     if meta.get("refit"):  # the first pass alone is what --no-refit gives: report it beside
         first = json.loads((out / meta["refit"]["selection"] / "metrics.json").read_text())["test"]
         row.update(refit_epoch=meta["refit"]["epoch"], first_pass_acc=first["acc"], first_pass_auc=first["auc"])
     return row
 
 
-def run_classical(data: str, quick: bool, work: Path, data_dir) -> dict | None:
-    try:
-        from medcls.classical import run_classical as _run
-    except ImportError:
-        return None
+def run_classical(data: str, quick: bool, work: Path, data_dir) -> dict:
+    from medcls.classical import run_classical as _run
+    from medcls.runs import evaluate_after_training
+
     out = work / f"{data}-classical"
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     best = _run(data, features="hog+stats", classifier="all", out=out, data_dir=data_dir, quick=quick, log=lambda *_: None)
+    evaluate_after_training(out)
     secs = time.perf_counter() - t0
     m = json.loads((out / "metrics.json").read_text())["test"]
     return {"run": str(out), "acc": m["acc"], "auc": m["auc"], "auc_ci95": m["auc_ci95"], "seconds": round(secs, 1),
@@ -75,12 +76,12 @@ def run_classical(data: str, quick: bool, work: Path, data_dir) -> dict | None:
 
 
 def run_ensemble(runs: list[str], data: str, work: Path) -> dict:
-    from medcls.runs import make_ensemble
+    from medcls.runs import evaluate_after_training, make_ensemble
 
     out = work / f"{data}-ensemble"
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    make_ensemble(runs, out)
+    evaluate_after_training(make_ensemble(runs, out))
     m = json.loads((out / "metrics.json").read_text())["test"]
     return {"run": str(out), "acc": m["acc"], "auc": m["auc"], "auc_ci95": m["auc_ci95"],
             "seconds": round(time.perf_counter() - t0, 1), "members": runs}
@@ -153,9 +154,7 @@ def _bench(a, argv, work: Path) -> int:
         ours: dict[str, dict] = {}
         for method in a.methods:
             if method == "classical":
-                r = run_classical(data, a.quick, work, a.data_dir)
-                if r is not None:
-                    ours["Classical (best of 5, HOG+stats)"] = summarise([r])
+                ours["Classical (best of 5, HOG+stats)"] = summarise([run_classical(data, a.quick, work, a.data_dir)])
             elif method in CNN:
                 rows = [run_cnn(method, data, s, a.quick, work, a.data_dir) for s in a.seeds]
                 ours[CNN[method]] = summarise(rows)

@@ -28,13 +28,14 @@ from _common import machine, write_results  # noqa: E402
 
 
 def _run(work: Path, tag: str, **kw) -> dict:
+    from medcls.runs import evaluate_after_training
     from medcls.train.config import TrainConfig
     from medcls.train.engine import fit
 
     out = work / tag
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    fit(TrainConfig(out=str(out), **kw))
+    evaluate_after_training(fit(TrainConfig(out=str(out), **kw)))
     m = json.loads((out / "metrics.json").read_text())["test"]
     return {"acc": m["acc"], "auc": m["auc"], "auc_ci95": m["auc_ci95"], "seconds": round(time.perf_counter() - t0, 1)}
 

@@ -96,10 +96,14 @@ def _data(n: int, size: int, seed: int = 0):
 
 
 def ours_train(name: str, x, y, batch: int, steps: int, device, amp=True, compile_=False) -> float:
+    from medcls.infer import Normaliser
+    from medcls.models import create_model
     from medcls.train.augment import Augment
-    from medcls.train.engine import Normaliser, build_model, make_optimizer, train_step
+    from medcls.train.engine import train_step
+    from medcls.train.optim import make_optimizer
 
-    model = build_model(name, 2, 1, x.shape[-1], {}).to(device).to(memory_format=torch.channels_last)
+    model = create_model(name, num_classes=2, in_channels=1, input_size=x.shape[-1])
+    model = model.to(device).to(memory_format=torch.channels_last)
     if compile_:
         model = torch.compile(model)
     opt = make_optimizer("adamw", [{"params": model.parameters()}], 1e-3)  # fused, as medcls train
@@ -175,9 +179,10 @@ def plain_train(name: str, x, y, batch: int, steps: int, device) -> float:
 
 @torch.no_grad()
 def inference(name: str, size: int, device, batch: int, reps: int) -> tuple[float, float, float]:
-    from medcls.train.engine import build_model
+    from medcls.models import create_model
 
-    model = build_model(name, 2, 1, size, {}).to(device).to(memory_format=torch.channels_last).eval()
+    model = create_model(name, num_classes=2, in_channels=1, input_size=size)
+    model = model.to(device).to(memory_format=torch.channels_last).eval()
     xb = torch.randn(batch, 1, size, size, device=device).contiguous(memory_format=torch.channels_last)
     model(xb)
     _sync(device)

@@ -4,9 +4,8 @@ Importing this package touches neither the disk nor the network; heavy
 dependencies (torch, pydicom, nibabel) are imported by the modules that need them.
 """
 
-__version__ = "0.1.0"
-
-from medcls.errors import MedclsError, ReadError  # noqa: E402
+from medcls._version import __version__
+from medcls.errors import MedclsError, ReadError
 
 __all__ = ["MedclsError", "ReadError", "read", "__version__"]
 

@@ -14,15 +14,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
 
+from medcls._atomic import atomic_open, write_json
+from medcls._version import __version__
+from medcls.data import load_dataset, run_preparation, subset_items, to_items
 from medcls.errors import MedclsError
-from medcls.runs import _Run
+from medcls.evaluate.metrics import compute_metrics
+from medcls.features import make_features
+from medcls.infer import aggregate
+from medcls.modalities import PrepOptions
+from medcls.run_folder import DataInfo, Preprocess, RunConfig, RunFolder
 
-__all__ = ["CLASSIFIERS", "make_classifier", "run_classical", "ClassicalRun", "save_pipeline", "load_pipeline"]
+__all__ = ["CLASSIFIERS", "make_classifier", "run_classical", "save_pipeline", "load_pipeline"]
 
 CLASSIFIERS = ("bayes", "svm", "tree", "knn", "forest")
 
@@ -66,8 +78,6 @@ _TRUSTED_PREFIXES = ("sklearn.", "medcls.features.")
 def save_pipeline(pipe, path: Path) -> None:
     import skops.io as sio
 
-    from medcls._atomic import atomic_open
-
     data = sio.dumps(pipe)
     with atomic_open(path, "wb") as fh:
         fh.write(data)
@@ -87,25 +97,22 @@ def load_pipeline(path: Path):
 # ---------------------------------------------------------------- features with a cache
 
 def _cache_dir() -> Path:
-    import os
-
     return Path(os.environ.get("MEDCLS_CACHE", Path.home() / ".cache" / "medcls")) / "features"
 
 
-def _cache_key(ds, features: str, volume_slices: int) -> str:
+def _cache_key(ds, features: str, settings: str) -> str:
     src = Path(ds.source)
     stamp = f"{src.resolve()}:{src.stat().st_mtime_ns}:{src.stat().st_size}" if src.exists() else ds.source
-    from medcls import __version__
-
-    return hashlib.sha1(f"{stamp}|{ds.name}|{features}|{volume_slices}|{__version__}".encode()).hexdigest()[:20]
+    return hashlib.sha1(f"{stamp}|{ds.name}|{features}|{settings}|{__version__}".encode()).hexdigest()[:20]
 
 
-def _extract(ds, features: str, arrays: dict, volume_slices: int, log):
-    """Fit the feature union on train; transform every split; cached on disk by dataset + settings."""
-    from medcls.features import make_features
+def _extract(ds, features: str, arrays: dict, settings: str, log):
+    """Fit the feature union on train; transform every split; cached on disk by dataset + settings.
 
+    ``settings`` names everything else that shapes the items (preparation, volume slices).
+    """
     union = make_features(features)
-    key = _cache_key(ds, features, volume_slices)
+    key = _cache_key(ds, features, settings)
     cache = _cache_dir() / f"{key}.npz"
     t0 = time.perf_counter()
     union.fit(arrays["train"].x)
@@ -121,8 +128,6 @@ def _extract(ds, features: str, arrays: dict, volume_slices: int, log):
     if feats is None:
         feats = {s: union.transform(a.x) for s, a in arrays.items()}
         cache.parent.mkdir(parents=True, exist_ok=True)
-        from medcls._atomic import atomic_open
-
         with atomic_open(cache, "wb") as fh:
             np.savez(fh, **feats)
         log(f"extracted {features} features ({feats['train'].shape[1]} per image) in {time.perf_counter() - t0:.1f}s")
@@ -135,41 +140,28 @@ def _extract(ds, features: str, arrays: dict, volume_slices: int, log):
 
 def run_classical(data: str, *, features: str = "hog", classifier: str = "all", out: str | Path,
                   data_dir: str | None = None, size: int | None = None, volume_slices: int = 4,
-                  seed: int = 0, quick: bool = False, log=print) -> str:
-    """Train classical pipeline(s), evaluate, write a run folder; return the chosen classifier."""
-    from sklearn.model_selection import GridSearchCV, StratifiedKFold
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
+                  seed: int = 0, quick: bool = False, options: PrepOptions | None = None, log=print) -> str:
+    """Train classical pipeline(s) and write a run folder; return the classifier chosen on validation.
 
-    from medcls import __version__
-    from medcls._atomic import write_json
-    from medcls.data import load_dataset
-    from medcls.evaluate import write_outputs
-    from medcls.evaluate.metrics import compute_metrics
-    from medcls.modalities import Preparation
-    from medcls.train.engine import aggregate
-    from medcls.train.tensors import MODALITY_OF_FAMILY, to_arrays
-
+    The run is evaluated afterwards like any other (:func:`medcls.runs.evaluate_after_training`).
+    """
     names = list(CLASSIFIERS) if classifier == "all" else [classifier]
     for n in names:
         make_classifier(n)  # validates names before any work
-    prep = Preparation(size=size or 64, channels=1)
-    ds = load_dataset(data, data_dir=data_dir, size=size, prep=prep, seed=seed)
+    options = options or PrepOptions()
+    file_prep = options.preparation(size or 64, 1)
+    ds = load_dataset(data, data_dir=data_dir, size=size, prep=file_prep, seed=seed)
     if ds.task == "multilabel":
         raise MedclsError("the classical pipeline handles binary and multi-class tasks, not multi-label")
-    arrays = {s: to_arrays(ds, s, volume_mode="slices", volume_slices=volume_slices, channels=1)
-              for s in ("train", "val", "test") if (ds.splits == s).any()}
+    items = {s: to_items(ds, s, volume_mode="slices", volume_slices=volume_slices, channels=1, volume_axis=options.axis)
+             for s in ("train", "val", "test") if (ds.splits == s).any()}
+    prep = run_preparation(ds, options, file_prep, size=int(items["train"].x.shape[-1]), channels=1)
     if quick:
-        rng = np.random.default_rng(seed)
-        from medcls.train.tensors import TrainArrays
-
-        a = arrays["train"]
-        keep = np.sort(rng.choice(len(a.y), min(len(a.y), 300), replace=False))
-        arrays["train"] = TrainArrays(a.x[keep], a.y[keep], a.sample[keep])
-    union, feats = _extract(ds, features, arrays, volume_slices, log)
-    y = {s: a.y for s, a in arrays.items()}
-    multiclass = len(ds.class_names) > 2
-    scoring = "roc_auc_ovr" if multiclass else "roc_auc"
+        items["train"] = subset_items(items["train"], 300, seed)
+    settings = json.dumps([file_prep.to_dict() if ds.from_files else None, volume_slices, options.axis])
+    union, feats = _extract(ds, features, items, settings, log)
+    y = {s: a.y for s, a in items.items()}
+    scoring = "roc_auc_ovr" if len(ds.class_names) > 2 else "roc_auc"
     cv = StratifiedKFold(3, shuffle=True, random_state=seed)
     fitted, table = {}, []
     for n in names:
@@ -187,7 +179,7 @@ def run_classical(data: str, *, features: str = "hog", classifier: str = "all", 
                "cv_auc": float(search.best_score_), "fit_seconds": round(secs, 1)}
         for s in ("val", "test"):
             if s in feats:
-                p, yy = aggregate(model.predict_proba(feats[s]), arrays[s].sample, y[s])
+                p, yy = aggregate(model.predict_proba(feats[s]), items[s].sample, y[s])
                 m = compute_metrics(yy, p, ds.task, ds.class_names, n_boot=200)
                 row[f"{s}_auc"], row[f"{s}_acc"] = m["auc"], m["acc"]
         fitted[n] = model
@@ -197,54 +189,17 @@ def run_classical(data: str, *, features: str = "hog", classifier: str = "all", 
             f"({secs:.0f}s)")
     pick = "val_auc" if "val" in feats else "cv_auc"
     best = max(table, key=lambda r: (r[pick] if r[pick] == r[pick] else -1))["classifier"]
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    full = Pipeline([("features", union), *fitted[best].steps])
-    save_pipeline(full, out / "model.skops")
-    family = MODALITY_OF_FAMILY.get(ds.modality.upper(), "other")
-    meta = {"version": __version__, "kind": "classical", "classifier": best, "features": features,
-            "train": {"data": data, "data_dir": data_dir, "size": size, "seed": seed, "features": features,
-                      "classifier": classifier},
-            "data": {"name": ds.name, "source": ds.source, "task": ds.task, "class_names": ds.class_names,
-                     "modality": ds.modality, "is_volume": ds.is_volume, "volume_mode": "slices",
-                     "volume_slices": volume_slices},
-            "preprocess": {"preparation": Preparation(modality=family, size=int(arrays["train"].x.shape[-1]),
-                                                      channels=1).to_dict()},
-            "comparison": table}
-    write_json(out / "config.json", meta)
-    write_json(out / "comparison.json", table)
-    results = {}
-    for s in ("val", "test"):
-        if s in feats:
-            results[s] = aggregate(fitted[best].predict_proba(feats[s]), arrays[s].sample, y[s])
-    write_outputs(out, meta, results, ds.name)
+    folder = RunFolder(out)
+    folder.root.mkdir(parents=True, exist_ok=True)
+    save_pipeline(Pipeline([("features", union), *fitted[best].steps]), folder.pipeline)
+    config = RunConfig(
+        kind="classical", classifier=best, features=features,
+        train={"data": data, "data_dir": data_dir, "size": size, "seed": seed, "features": features,
+               "classifier": classifier, **asdict(options)},
+        data=DataInfo(name=ds.name, source=ds.source, task=ds.task, class_names=list(ds.class_names),
+                      modality=ds.modality, is_volume=ds.is_volume, volume_mode="slices", volume_slices=volume_slices,
+                      volume_axis=options.axis),
+        preprocess=Preprocess(prep), comparison=table)
+    folder.write_config(config)
+    write_json(folder.comparison, table)
     return best
-
-
-class ClassicalRun(_Run):
-    """A saved classical pipeline behaving like any run (evaluate, predict, ensemble)."""
-
-    def __init__(self, root: Path, meta: dict):
-        from medcls.modalities import Preparation
-
-        self.root, self.meta = root, meta
-        self.preparation = Preparation.from_dict(meta["preprocess"]["preparation"])
-        self._pipe = None
-
-    @property
-    def pipeline(self):
-        if self._pipe is None:
-            self._pipe = load_pipeline(self.root / "model.skops")
-        return self._pipe
-
-    def predict_items(self, x: np.ndarray) -> np.ndarray:
-        x = x.mean(1, keepdims=True) if x.ndim == 4 and x.shape[1] > 1 else x
-        return self.pipeline.predict_proba(x)
-
-    def sample_probs(self, ds, split: str):
-        from medcls.train.engine import aggregate
-        from medcls.train.tensors import to_arrays
-
-        a = to_arrays(ds, split, volume_mode="slices", volume_slices=self.meta["data"].get("volume_slices", 4),
-                      channels=1)
-        return aggregate(self.predict_items(a.x), a.sample, a.y)

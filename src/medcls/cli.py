@@ -16,11 +16,11 @@ from typing import Optional
 import typer
 
 from medcls.errors import MedclsError, ReadError, TrainingStopped
-from medcls.train.config import SELECTION  # light: dataclasses and json only
+from medcls.modalities import PrepOptions, modality_family
+from medcls.run_folder import RunFolder
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Classify medical images: read, prepare, train, evaluate.")
-_STATE = {"debug": False}
 
 
 def _err(msg: str) -> None:
@@ -29,7 +29,7 @@ def _err(msg: str) -> None:
 
 @app.callback()
 def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors.")) -> None:
-    _STATE["debug"] = debug
+    """``--debug`` is read by :func:`main` before the command runs."""
 
 
 # ---------------------------------------------------------------- info
@@ -57,7 +57,13 @@ def _info_record(arr, meta) -> dict:
     }
     if meta.extra.get("skipped"):
         rec["skipped"] = [{"path": p, "problem": w} for p, w in meta.extra["skipped"]]
+    rec["preparation"] = _default_preparation().describe(modality_family(meta.modality), meta.is_volume)
     return rec
+
+
+def _default_preparation():
+    """What ``medcls train`` does to a file of a folder dataset by default."""
+    return PrepOptions().preparation(64, volume_mode="slices")
 
 
 def _info_folder(folder: Path) -> tuple[list[dict], list[tuple[str, str]]]:
@@ -155,12 +161,28 @@ def data(spec: str = typer.Argument(..., metavar="PATH_OR_NAME", help="MedMNIST 
 
     ds = load_dataset(spec, data_dir=data_dir, size=size)
     s = ds.summary()
+    s["preparation"] = _dataset_preparation(ds, size)
     if as_json:
         typer.echo(json.dumps(s, indent=2))
     else:
         _print_dataset(s)
     for item in s["skipped"]:
         _err(f"{item['path']}: {item['problem']} (skipped)")
+
+
+def _dataset_preparation(ds, size: int | None) -> str:
+    """How the dataset's images were (files) or will be (files given to a run trained on it) prepared."""
+    from medcls.data import run_preparation
+
+    options = PrepOptions()
+    used = options.preparation(size or 64, volume_mode="slices")
+    if ds.from_files:
+        families = sorted({used.family_of(c) for c in ds.modality_counts})
+        return "; ".join(used.describe(f, ds.is_volume) for f in families)
+    prep = run_preparation(ds, options, used, size=ds.image_shape[-1], channels=3 if ds.is_volume else ds.channels,
+                           volume_mode="2.5d" if ds.is_volume else "slices")
+    return ("prepared by its authors (uint8); a file given to a run trained on it is prepared as "
+            + prep.describe(prep.modality, ds.is_volume))
 
 
 def _print_dataset(s: dict) -> None:
@@ -179,6 +201,8 @@ def _print_dataset(s: dict) -> None:
     for split, row in s["counts"].items():
         t.add_row(split, *[str(row[n]) for n in s["classes"]], str(row["total"]))
     c.print(t)
+    if s.get("preparation"):
+        c.print(f"preparation: {s['preparation']}")
 
 
 # ---------------------------------------------------------------- models
@@ -209,6 +233,27 @@ def models(as_json: bool = typer.Option(False, "--json", help="Print a JSON list
 
 # ---------------------------------------------------------------- train / evaluate / predict
 
+# The preparation options of `train` and `classical` (medcls.modalities.PrepOptions).
+_PREP_HELP = "Preparation of image files (folders, manifests; MedMNIST comes prepared)"
+_MODALITY = typer.Option("auto", "--modality", help=f"{_PREP_HELP}: prepare every file as xray | us | ct | mr | "
+                         "other [default: auto, each file by its DICOM Modality; PNG/JPEG as other].")
+_CT_WINDOWS = typer.Option(None, "--ct-windows", help="CT: HU windows, one channel each, e.g. lung,mediastinum,bone "
+                           "(lung, mediastinum, abdomen, bone, brain) [default: abdomen].")
+_FILE_WINDOW = typer.Option(True, "--file-window/--no-file-window", help="X-ray: use the window stored in the "
+                            "DICOM file, when it has one (else the 0.5-99.5 percentile window).")
+_CLAHE = typer.Option(False, "--clahe/--no-clahe", help="X-ray: CLAHE (contrast-limited adaptive histogram "
+                      "equalisation) after windowing.")
+_US_CROP = typer.Option(None, "--us-crop/--no-us-crop", help="Ultrasound: crop to the scan sector, dropping the "
+                        "border, burnt-in text and logos [default: crop].")
+_MR_NORM = typer.Option("percentile", "--mr-norm", help="MRI: percentile (1st-99th of the body to [0, 1]) | zscore "
+                        "(over the body).")
+_VOLUME_AXIS = typer.Option("axial", "--volume-axis", help="Volumes: slice along axial | coronal | sagittal.")
+
+
+def _windows(ct_windows: Optional[str]) -> list[str] | None:
+    return [w.strip() for w in ct_windows.split(",") if w.strip()] if ct_windows else None
+
+
 @app.command()
 def train(
     ctx: typer.Context,
@@ -216,7 +261,8 @@ def train(
     model: str = typer.Option("vgg11_bn", "--model", help="Model name (see `medcls models`)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder to create."),
     size: Optional[int] = typer.Option(None, "--size", help="Input size (MedMNIST: 28/64/128/224)."),
-    channels: Optional[int] = typer.Option(None, "--channels", help="Input channels (default: the data's)."),
+    channels: Optional[int] = typer.Option(None, "--channels", help="Input channels (default: the data's; one per "
+                                           "CT window)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Default: ~20,000 training images (>= 4 epochs)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size",
                                              help="Default: 128, smaller (to 32) on small sets."),
@@ -235,7 +281,8 @@ def train(
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Validate and keep a moving average of the weights."),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N | mps"),
-    volume_mode: str = typer.Option("2.5d", "--volume-mode", help="Volumes: slices | 2.5d"),
+    volume_mode: Optional[str] = typer.Option(None, "--volume-mode", help="Volumes: slices | 2.5d [default: 2.5d "
+                                              "for MedMNIST volumes, slices for volume files]."),
     labelled_fraction: float = typer.Option(1.0, "--labelled-fraction", help="Keep this fraction of train labels."),
     semi: Optional[str] = typer.Option(None, "--semi", help="pseudo | fixmatch | meanteacher"),
     refit: Optional[bool] = typer.Option(None, "--refit/--no-refit", help="After choosing the epoch on validation, "
@@ -252,6 +299,13 @@ def train(
                                                      "the run's]"),
     init: Optional[str] = typer.Option(None, "--init", help="AlexNet weight init: paper | kaiming."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in --out."),
+    modality: str = _MODALITY,
+    ct_windows: Optional[str] = _CT_WINDOWS,
+    file_window: bool = _FILE_WINDOW,
+    clahe: bool = _CLAHE,
+    us_crop: Optional[bool] = _US_CROP,
+    mr_norm: str = _MR_NORM,
+    volume_axis: str = _VOLUME_AXIS,
 ) -> None:
     """Train a CNN; the run folder gets weights, history, metrics.json and report.html."""
     from medcls.train.config import TrainConfig
@@ -262,12 +316,12 @@ def train(
         if given:
             raise MedclsError(f"--resume continues {resume} with its own configuration; drop "
                               f"{', '.join(given)} (only --checkpoint-every may change), or train a new run")
-        cfg = None
-        if (resume / "config.json").is_file():
-            cfg = TrainConfig.load(resume / "config.json")
-        elif (resume / SELECTION / "config.json").is_file():  # a refit run stopped before its second pass
-            cfg = dataclasses.replace(TrainConfig.load(resume / SELECTION / "config.json"), refit=True)
-        if cfg is None:
+        folder = RunFolder(resume)
+        if folder.config.is_file():
+            cfg = TrainConfig.from_dict(folder.read_config().train)
+        elif folder.selection.config.is_file():  # a refit run stopped before its second pass
+            cfg = dataclasses.replace(TrainConfig.from_dict(folder.selection.read_config().train), refit=True)
+        else:
             raise MedclsError(f"{resume}: not a run folder (no config.json)")
         cfg.out = str(resume)
         if checkpoint_every is not None:  # the one setting a resume may change: it moves no result
@@ -286,7 +340,9 @@ def train(
                           else checkpoint_every,
                           device=device, volume_mode=volume_mode,
                           labelled_fraction=labelled_fraction, semi=semi, refit=refit, model_kwargs=kwargs,
-                          max_train_samples=max_train_samples)
+                          max_train_samples=max_train_samples, modality=modality, ct_windows=_windows(ct_windows),
+                          file_window=file_window, clahe=clahe, us_crop=us_crop, mr_norm=mr_norm,
+                          volume_axis=volume_axis)
         _refuse_to_replace(Path(cfg.out), overwrite)
         root = _fit(cfg)
     _print_metrics(root)
@@ -297,21 +353,24 @@ _RUN_DATA_DIR_HELP = "Where MedMNIST files are (default: where the run was train
 
 def _refuse_to_replace(out: Path, overwrite: bool) -> None:
     """A finished or interrupted run is hours of work: replacing it takes ``--overwrite``."""
-    out = Path(out)
-    if not overwrite and ((out / "config.json").is_file() or (out / SELECTION / "config.json").is_file()):
-        resume = f", `medcls train --resume {out}` to continue it" if (out / "state.pt").is_file() else ""
+    folder = RunFolder(out)
+    if not overwrite and folder.holds_run():
+        resume = f", `medcls train --resume {out}` to continue it" if folder.resumable() else ""
         raise MedclsError(f"{out} already holds a run; pass --overwrite to replace it{resume}, or choose another --out")
 
 
 def _fit(cfg, resume: bool = False) -> Path:
-    """``fit``, with a stop on request (Ctrl-C, SIGTERM) reported as how to resume, exit 128 + signal."""
+    """Train, then evaluate the run; a stop on request (Ctrl-C, SIGTERM) says how to resume, exit 128 + signal."""
+    from medcls.runs import evaluate_after_training
     from medcls.train.engine import fit
 
     try:
-        return fit(cfg, resume=resume)
+        root = fit(cfg, resume=resume)
     except TrainingStopped as exc:  # typer would swallow it into a bare exit code 130
         typer.echo(f"medcls: {exc}", err=True)
         raise _Reported(128 + exc.signum) from None
+    evaluate_after_training(root, device=cfg.device)
+    return root
 
 
 class _Reported(Exception):
@@ -323,10 +382,11 @@ class _Reported(Exception):
 
 
 def _print_metrics(root: Path) -> None:
-    m = json.loads((root / "metrics.json").read_text())
-    first = root / SELECTION / "metrics.json"
-    if "val" not in m and first.is_file():  # a refit run: validation belongs to its first pass
-        m = {"val (first pass)": json.loads(first.read_text()).get("val"), **m}
+    folder = RunFolder(root)
+    m = folder.read_metrics()
+    first = folder.selection.read_metrics()
+    if "val" not in m and first:  # a refit run: validation belongs to its first pass
+        m = {"val (first pass)": first.get("val"), **m}
     for split in ("val", "val (first pass)", "test"):
         if m.get(split):
             x = m[split]
@@ -334,7 +394,7 @@ def _print_metrics(root: Path) -> None:
                        f"{x['auc_ci95'][1]:.3f})  sensitivity {x['sensitivity']:.3f}  "
                        f"specificity {x['specificity']:.3f}  "
                        + (f"ECE {x['ece']:.3f}  " if "ece" in x else "") + f"n={x['n']}")
-    typer.echo(f"report: {root / 'report.html'}")
+    typer.echo(f"report: {folder.report}")
 
 
 @app.command()
@@ -344,7 +404,7 @@ def evaluate(run: Path = typer.Argument(..., help="Run folder."),
              data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=_RUN_DATA_DIR_HELP),
              device: str = typer.Option("auto", "--device")) -> None:
     """Metrics (ACC, AUC with 95% CI, sensitivity, specificity, F1, confusion), plots, report."""
-    from medcls.evaluate import evaluate_run
+    from medcls.runs import evaluate_run
 
     evaluate_run(run, data=data, splits=(split,), device=device, data_dir=str(data_dir) if data_dir else None)
     _print_metrics(run)
@@ -424,15 +484,27 @@ def classical(data: str = typer.Option(..., "--data", help="Dataset (as for trai
               data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
               quick: bool = typer.Option(False, "--quick", help="Smoke run: 300 training images, one grid point."),
               seed: int = typer.Option(0, "--seed"),
-              overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in --out.")) -> None:
+              overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in --out."),
+              modality: str = _MODALITY,
+              ct_windows: Optional[str] = _CT_WINDOWS,
+              file_window: bool = _FILE_WINDOW,
+              clahe: bool = _CLAHE,
+              us_crop: Optional[bool] = _US_CROP,
+              mr_norm: str = _MR_NORM,
+              volume_axis: str = _VOLUME_AXIS) -> None:
     """Features + a scikit-learn classifier; the same metrics, plots and report as train."""
     from medcls.classical import run_classical
+    from medcls.runs import evaluate_after_training
 
+    options = PrepOptions(modality=modality, ct_windows=tuple(_windows(ct_windows) or ()) or None,
+                          file_window=file_window, clahe=clahe, us_crop=us_crop, mr_norm=mr_norm,
+                          volume_axis=volume_axis)
     _refuse_to_replace(out, overwrite)
-
     best = run_classical(data, features=features, classifier=classifier, out=out, size=size,
-                         data_dir=str(data_dir) if data_dir else None, seed=seed, quick=quick, log=typer.echo)
-    table = json.loads((out / "comparison.json").read_text())
+                         data_dir=str(data_dir) if data_dir else None, seed=seed, quick=quick, options=options,
+                         log=typer.echo)
+    evaluate_after_training(out)
+    table = json.loads(RunFolder(out).comparison.read_text())
     if len(table) > 1:
         from rich.console import Console
         from rich.table import Table
@@ -467,7 +539,7 @@ def cluster(data: str = typer.Option(..., "--data", help="Dataset (as for train)
             data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
             seed: int = typer.Option(0, "--seed")) -> None:
     """k-means / GMM on features; NMI, ARI and purity against the labels; a linear probe; a 2-D embedding plot."""
-    from medcls.train.cluster import cluster_dataset
+    from medcls.cluster import cluster_dataset
 
     r = cluster_dataset(data, features, out, k=k, method=method, embedding=embedding, split=split,
                         max_samples=max_samples, data_dir=str(data_dir) if data_dir else None,
@@ -488,10 +560,11 @@ def ensemble(runs: list[Path] = typer.Argument(..., help="Run folders trained on
              data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=_RUN_DATA_DIR_HELP),
              overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in --out.")) -> None:
     """Average the probabilities of several runs and evaluate like any run."""
-    from medcls.runs import make_ensemble
+    from medcls.runs import evaluate_after_training, make_ensemble
 
     _refuse_to_replace(out, overwrite)
-    make_ensemble(runs, out, data, str(data_dir) if data_dir else None)
+    make_ensemble(runs, out)
+    evaluate_after_training(out, data=data, data_dir=str(data_dir) if data_dir else None)
     _print_metrics(out)
 
 

@@ -9,16 +9,17 @@ beside its weights so prediction repeats training-time preparation exactly.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
 from medcls.errors import MedclsError
 
 __all__ = [
-    "HU_WINDOWS", "Preparation", "window", "percentile_window", "clahe", "to_grey",
-    "crop_to_content", "ct_windows", "zscore_in_body", "percentile_in_body", "body_mask",
-    "stack_channels", "volume_slices", "slices_25d", "resize", "prepare", "modality_family",
+    "HU_WINDOWS", "MODALITIES", "ModalityInfo", "FAMILIES", "VOLUME_AXES", "Preparation", "window",
+    "percentile_window", "clahe", "to_grey", "content_box", "crop_to_content", "ct_windows", "zscore_in_body",
+    "percentile_in_body", "body_mask", "stack_channels", "volume_slices", "slices_25d", "resize", "prepare",
+    "modality_family", "mirror_safe", "PrepOptions", "MR_NORMS",
 ]
 
 # (centre, width) in HU, the usual radiology presets.
@@ -30,21 +31,45 @@ HU_WINDOWS: dict[str, tuple[float, float]] = {
     "brain": (40.0, 80.0),
 }
 
-_XRAY = {"CR", "DX", "MG", "RG", "DR", "PX", "IO", "XA", "RF"}
+FAMILIES = ("xray", "us", "ct", "mr", "other")  # how pixels are prepared; "auto": from each file's header
+VOLUME_AXES = {"axial": 0, "coronal": 1, "sagittal": 2}  # of a (Z, Y, X) volume
+
+
+class ModalityInfo(NamedTuple):
+    """What medcls needs to know about a DICOM modality code."""
+
+    family: str  # the preparation family (one of FAMILIES)
+    mirror_safe: bool  # a left-right flip gives an image of the same kind (an augmentation that is safe)
+
+
+# The one modality table: DICOM Modality codes (PS3.3 C.7.3.1.1.1, with the retired RG/DR still
+# found in archives). A left-right flip mirrors anatomy: a chest radiograph flipped puts the heart
+# on the right, an axial CT or MR slice swaps the patient's left and right organs, a dental film
+# swaps the quadrants. A mammogram flipped looks like the other breast, an ultrasound probe is held
+# either way round, and microscopy, photographs and electron micrographs have no handedness.
+MODALITIES: dict[str, ModalityInfo] = {
+    **{code: ModalityInfo("xray", False) for code in ("CR", "DX", "RG", "DR", "PX", "IO", "XA", "RF")},
+    "MG": ModalityInfo("xray", True),
+    "US": ModalityInfo("us", True),
+    "IVUS": ModalityInfo("us", True),
+    "CT": ModalityInfo("ct", False),
+    "MR": ModalityInfo("mr", False),
+    "PT": ModalityInfo("other", False),
+    "NM": ModalityInfo("other", False),
+    "OPT": ModalityInfo("other", False),
+    **{code: ModalityInfo("other", True) for code in ("SM", "XC", "EM", "OT")},
+}
+_UNKNOWN = ModalityInfo("other", False)
 
 
 def modality_family(code: str) -> str:
-    """Map a DICOM modality code to a preparation family: xray, us, ct, mr or other."""
-    code = (code or "").upper()
-    if code in _XRAY:
-        return "xray"
-    if code in ("US", "IVUS"):
-        return "us"
-    if code in ("CT", "PT", "NM"):
-        return "ct" if code == "CT" else "other"
-    if code == "MR":
-        return "mr"
-    return "other"
+    """The preparation family of a DICOM modality code: xray, us, ct, mr or other."""
+    return MODALITIES.get((code or "").upper(), _UNKNOWN).family
+
+
+def mirror_safe(code: str) -> bool:
+    """Whether a left-right flip of an image of this modality is still a plausible image of it."""
+    return MODALITIES.get((code or "").upper(), _UNKNOWN).mirror_safe
 
 
 def window(x: np.ndarray, centre: float, width: float) -> np.ndarray:
@@ -66,12 +91,10 @@ def percentile_window(x: np.ndarray, lower: float = 0.5, upper: float = 99.5, ma
 
 
 def clahe(x01: np.ndarray, clip_limit: float = 0.01, kernel_size: int | None = None) -> np.ndarray:
-    """Contrast-limited adaptive histogram equalisation (scikit-image) of a [0, 1] image."""
+    """Contrast-limited adaptive histogram equalisation (scikit-image) of a [0, 1] image, grey or RGB."""
     from skimage.exposure import equalize_adapthist
 
     x01 = np.clip(np.asarray(x01, dtype=np.float64), 0, 1)
-    if x01.ndim == 3 and x01.shape[-1] == 3:
-        return equalize_adapthist(x01, kernel_size=kernel_size, clip_limit=clip_limit).astype(np.float32)
     return equalize_adapthist(x01, kernel_size=kernel_size, clip_limit=clip_limit).astype(np.float32)
 
 
@@ -83,11 +106,12 @@ def to_grey(rgb: np.ndarray) -> np.ndarray:
     return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-def crop_to_content(img: np.ndarray, threshold: float = 0.05, margin: int = 2) -> np.ndarray:
-    """Crop an ultrasound frame to its largest bright region (the scan sector).
+def content_box(img: np.ndarray, threshold: float = 0.05, margin: int = 2) -> tuple[int, int, int, int]:
+    """``(row0, col0, row1, col1)`` of an ultrasound frame's largest bright region (the scan sector).
 
-    Burnt-in text, rulers and logos are small separate components; the dark
-    border around the sector carries no information. ``img`` is [0, 1], grey or RGB.
+    Burnt-in text, rulers and logos are small separate components (a morphological
+    opening detaches them); the dark border around the sector carries no
+    information. ``img`` is [0, 1], grey or RGB; the whole frame when nothing is bright.
     """
     from skimage.measure import label, regionprops
     from skimage.morphology import disk, opening
@@ -97,11 +121,14 @@ def crop_to_content(img: np.ndarray, threshold: float = 0.05, margin: int = 2) -
     if min(g.shape) >= 16:
         mask = opening(mask, disk(max(1, min(g.shape) // 64))).astype(bool)
     if not mask.any():
-        return img
-    regions = regionprops(label(mask))
-    r0, c0, r1, c1 = max(regions, key=lambda r: r.area).bbox
-    r0, c0 = max(0, r0 - margin), max(0, c0 - margin)
-    r1, c1 = min(g.shape[0], r1 + margin), min(g.shape[1], c1 + margin)
+        return 0, 0, g.shape[0], g.shape[1]
+    r0, c0, r1, c1 = max(regionprops(label(mask)), key=lambda r: r.area).bbox
+    return max(0, r0 - margin), max(0, c0 - margin), min(g.shape[0], r1 + margin), min(g.shape[1], c1 + margin)
+
+
+def crop_to_content(img: np.ndarray, threshold: float = 0.05, margin: int = 2) -> np.ndarray:
+    """Crop an ultrasound frame to its scan sector (see :func:`content_box`)."""
+    r0, c0, r1, c1 = content_box(img, threshold, margin)
     return img[r0:r1, c0:c1]
 
 
@@ -176,21 +203,35 @@ def resize(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     return out[..., None] if img.ndim == 3 and out.ndim == 2 else out
 
 
+MR_NORMS = ("percentile", "zscore")
+
+
 @dataclass
 class Preparation:
-    """How raw pixels become model input; saved with every run.
+    """How raw pixels become model input; saved with every run and reused by ``predict``.
+
+    The defaults are what a radiologist reading each modality would expect: an
+    X-ray in the window its modality chose (stored in the file), an ultrasound
+    cropped to its scan sector (burnt-in text, rulers and logos outside it are
+    shortcuts a network learns instead of the anatomy), a CT in Hounsfield
+    units through a soft-tissue (abdomen) window, an MRI scaled by the
+    percentiles of the body alone (MR intensities have no absolute unit and
+    the background is noise), volumes as axial slices.
 
     Attributes:
-        modality: ``auto`` (from the file), or a family: xray, us, ct, mr, other.
+        modality: ``auto`` (each file's own, from its header; PNG/JPEG are
+            ``other``), or a family from :data:`FAMILIES` for every file.
         size: output height and width.
-        channels: 1 (grey) or 3 (RGB, or CT windows / 2.5-D slices as channels).
+        channels: model input channels (grey repeated, colour kept, CT windows
+            or 2.5-D slices as channels).
         ct_windows: CT windows, one per channel, from :data:`HU_WINDOWS`.
-        use_file_window: X-ray/other: use the DICOM window when the file has one.
-        clahe: X-ray: CLAHE after windowing.
-        crop: ultrasound: crop to the scan sector (drops borders and burnt-in text).
-        mr_norm: MRI: ``percentile`` (to [0, 1]) or ``zscore`` (then squashed to [0, 1]).
+        use_file_window: X-ray / other: use the DICOM window when the file has one.
+        clahe: X-ray: contrast-limited adaptive histogram equalisation after windowing.
+        crop: ultrasound: crop to the scan sector; ``None``: yes (the default above).
+        mr_norm: MRI: ``percentile`` (1st-99th of the body to [0, 1]) or ``zscore``
+            (of the body, -3 to +3 sd to [0, 1]).
         volume_axis: volumes: slice axis (0 axial, 1 coronal, 2 sagittal).
-        volume_mode: ``slices`` or ``2.5d`` (neighbouring slices as channels).
+        volume_mode: ``slices`` or ``2.5d`` (each slice with its neighbours as channels).
     """
 
     modality: str = "auto"
@@ -199,11 +240,55 @@ class Preparation:
     ct_windows: tuple[str, ...] = ("abdomen",)
     use_file_window: bool = True
     clahe: bool = False
-    crop: bool = False
+    crop: bool | None = None
     mr_norm: str = "percentile"
     volume_axis: int = 0
     volume_mode: str = "slices"
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.ct_windows = tuple(self.ct_windows)
+        if self.modality != "auto" and self.modality not in FAMILIES:
+            raise MedclsError(f"modality must be auto or one of {', '.join(FAMILIES)}, not {self.modality!r}")
+        unknown = [n for n in self.ct_windows if n not in HU_WINDOWS]
+        if unknown or not self.ct_windows:
+            raise MedclsError(f"unknown CT window(s) {', '.join(map(repr, unknown)) or '(none given)'}; "
+                              f"choose from {', '.join(HU_WINDOWS)}")
+        if self.mr_norm not in MR_NORMS:
+            raise MedclsError(f"MRI normalisation must be percentile or zscore, not {self.mr_norm!r}")
+        if self.volume_axis not in VOLUME_AXES.values():
+            raise MedclsError(f"volume axis must be 0 (axial), 1 (coronal) or 2 (sagittal), not {self.volume_axis!r}")
+        if self.volume_mode not in ("slices", "2.5d"):
+            raise MedclsError(f"volume mode must be slices or 2.5d, not {self.volume_mode!r}")
+        if int(self.size) < 1 or int(self.channels) < 1:
+            raise MedclsError(f"size and channels must be at least 1, got {self.size} and {self.channels}")
+
+    @property
+    def crops_ultrasound(self) -> bool:
+        return True if self.crop is None else bool(self.crop)
+
+    def family_of(self, code: str) -> str:
+        """The family a file of DICOM modality ``code`` is prepared as."""
+        return self.modality if self.modality != "auto" else modality_family(code)
+
+    def describe(self, family: str, volume: bool = False) -> str:
+        """What :func:`prepare` does to an image of ``family``, in words (for ``medcls info`` / ``data``)."""
+        if family == "ct":
+            wins = ", ".join(f"{n} ({HU_WINDOWS[n][0]:g}/{HU_WINDOWS[n][1]:g})" for n in self.ct_windows)
+            what = f"HU window{'s' if len(self.ct_windows) > 1 else ''} {wins}"
+        elif family == "mr":
+            what = ("1st-99th percentile of the body to [0, 1]" if self.mr_norm == "percentile"
+                    else "z-score over the body, -3 to +3 sd to [0, 1]")
+        elif family == "us":
+            what = "as stored" + (", cropped to the scan sector" if self.crops_ultrasound else "")
+        else:
+            what = ("the file's window, else " if self.use_file_window else "") + "the 0.5-99.5 percentile window"
+            what += ", CLAHE" if family == "xray" and self.clahe else ""
+        what += f"; {self.size}x{self.size}, {self.channels} channel{'s' if self.channels > 1 else ''}"
+        if volume:
+            axis = {v: k for k, v in VOLUME_AXES.items()}[self.volume_axis]
+            what += f"; volumes as {axis} {'2.5-D stacks' if self.volume_mode == '2.5d' else 'slices'}"
+        return f"{family}: {what}"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -217,12 +302,53 @@ class Preparation:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
+@dataclass(frozen=True)
+class PrepOptions:
+    """The preparation a user chooses (``medcls train`` / ``classical`` options), before size and channels.
+
+    ``ct_windows`` None means the default (abdomen); ``us_crop`` None means crop;
+    ``volume_axis`` is a name from :data:`VOLUME_AXES`.
+    """
+
+    modality: str = "auto"
+    ct_windows: tuple[str, ...] | None = None
+    file_window: bool = True
+    clahe: bool = False
+    us_crop: bool | None = None
+    mr_norm: str = "percentile"
+    volume_axis: str = "axial"
+
+    def __post_init__(self) -> None:
+        if self.volume_axis not in VOLUME_AXES:
+            raise MedclsError(f"volume axis must be axial, coronal or sagittal, not {self.volume_axis!r}")
+        self.preparation(28)  # every other value is checked by Preparation
+
+    @property
+    def axis(self) -> int:
+        return VOLUME_AXES[self.volume_axis]
+
+    def preparation(self, size: int, channels: int | None = None, volume_mode: str = "slices") -> Preparation:
+        """The :class:`Preparation` of image files; ``channels`` defaults to one per CT window."""
+        windows = tuple(self.ct_windows) if self.ct_windows else ("abdomen",)
+        return Preparation(modality=self.modality, size=size, channels=channels or len(windows), ct_windows=windows,
+                           use_file_window=self.file_window, clahe=self.clahe, crop=self.us_crop,
+                           mr_norm=self.mr_norm, volume_axis=self.axis, volume_mode=volume_mode)
+
+    @property
+    def pixel_options(self) -> list[str]:
+        """The options given that change how image files' pixels are prepared (as command-line flags)."""
+        given = {"--ct-windows": self.ct_windows is not None, "--no-file-window": not self.file_window,
+                 "--clahe": self.clahe, "--us-crop/--no-us-crop": self.us_crop is not None,
+                 "--mr-norm": self.mr_norm != "percentile"}
+        return [k for k, v in given.items() if v]
+
+
 def _prepare_2d(img: np.ndarray, meta_window, family: str, prep: Preparation) -> np.ndarray:
     """One 2-D image (grey ``(H, W)`` or RGB ``(H, W, 3)``) -> ``(C, size, size)`` in [0, 1]."""
     colour = img.ndim == 3 and img.shape[-1] == 3
     if colour:
         x = np.asarray(img, dtype=np.float32) / (255.0 if img.dtype == np.uint8 or img.max() > 1 else 1.0)
-        if family == "us" and prep.crop:
+        if family == "us" and prep.crops_ultrasound:
             x = crop_to_content(x)
         x = resize(x, prep.size)
         if prep.channels == 3:
@@ -242,7 +368,7 @@ def _prepare_2d(img: np.ndarray, meta_window, family: str, prep: Preparation) ->
             x = percentile_window(img)
         if family == "xray" and prep.clahe:
             x = clahe(x)
-        if family == "us" and prep.crop:
+        if family == "us" and prep.crops_ultrasound:
             x = crop_to_content(x)
         chans = resize(x, prep.size)[None]
     if chans.shape[0] == prep.channels:
@@ -269,13 +395,17 @@ def prepare(array: np.ndarray, meta, prep: Preparation) -> np.ndarray:
     """
     if getattr(meta, "is_volume", False) and array.ndim == 4:
         return np.concatenate([prepare(v, meta, prep) for v in array])
-    family = prep.modality if prep.modality != "auto" else modality_family(getattr(meta, "modality", "OT"))
+    family = prep.family_of(getattr(meta, "modality", "OT"))
     win = getattr(meta, "window", None)
     if getattr(meta, "is_volume", False) and array.ndim == 3:
         if prep.volume_mode == "2.5d":
             k = max(1, prep.channels // 2)
             vol = array
             if family == "ct":
+                if len(prep.ct_windows) > 1:
+                    raise MedclsError(f"{getattr(meta, 'path', 'volume')}: 2.5-D stacks put neighbouring slices in "
+                                      "the channels, so they take one CT window; use --volume-mode slices for "
+                                      f"several ({', '.join(prep.ct_windows)})")
                 vol = window(vol, *HU_WINDOWS[prep.ct_windows[0]])
             elif family == "mr":
                 vol = percentile_in_body(vol) if prep.mr_norm == "percentile" else _squash(zscore_in_body(vol))

@@ -1,21 +1,34 @@
 """A trained run folder, whatever made it: a CNN, a classical pipeline or an ensemble.
 
-Each kind answers the same two questions — probabilities per sample of a
-dataset split, and probabilities for the files a user hands in — so
-evaluation, ensembles and prediction never special-case a run.
+Each kind answers the same questions — probabilities per sample of a dataset
+split, and probabilities for the files a user hands in — so evaluation,
+ensembles and prediction never special-case a run. Evaluating a run (on its own
+dataset or another with the same classes) is here too: it needs a loaded run.
 """
 
 from __future__ import annotations
 
-import json
+import abc
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
-from medcls.errors import MedclsError
+from medcls._version import __version__
+from medcls.data import load_dataset, to_items
+from medcls.errors import DataError, MedclsError, ReadError
+from medcls.evaluate import write_outputs
+from medcls.infer import Normaliser, aggregate, predict_items, select_device, to_device_batch
+from medcls.io import read
+from medcls.modalities import Preparation, prepare
+from medcls.models import create_model
+from medcls.run_folder import RunConfig, RunFolder
+from medcls.train.checkpoint import load_weights
 
-__all__ = ["load_run", "CNNRun", "EnsembleRun", "FilePrediction"]
+__all__ = ["load_run", "CNNRun", "ClassicalRun", "EnsembleRun", "FilePrediction", "make_ensemble", "evaluate_run",
+           "evaluate_after_training"]
 
 
 @dataclass
@@ -26,54 +39,52 @@ class FilePrediction:
     series_uid: str | None = None  # which series of a DICOM folder holding several
 
 
-def _read_meta(root: Path) -> dict:
-    cfg = root / "config.json"
-    if not cfg.is_file():
-        raise MedclsError(f"{root}: not a medcls run (no config.json)")
-    try:
-        return json.loads(cfg.read_text())
-    except json.JSONDecodeError as exc:
-        raise MedclsError(f"{cfg}: corrupt run configuration ({exc})") from exc
-
-
 def load_run(root: str | Path, device: str = "auto"):
-    """Open a run folder as a :class:`CNNRun`, :class:`EnsembleRun` or classical run."""
-    root = Path(root)
-    meta = _read_meta(root)
-    kind = meta.get("kind", "cnn")
-    if kind == "cnn":
-        return CNNRun(root, meta, device)
-    if kind == "ensemble":
-        return EnsembleRun(root, meta, device)
-    if kind == "classical":
-        from medcls.classical import ClassicalRun
-
-        return ClassicalRun(root, meta)
-    raise MedclsError(f"{root}: unknown run kind {kind!r}")
+    """Open a run folder as a :class:`CNNRun`, :class:`EnsembleRun` or :class:`ClassicalRun`."""
+    folder = RunFolder(root)
+    config = folder.read_config()
+    return {"cnn": CNNRun, "ensemble": EnsembleRun, "classical": ClassicalRun}[config.kind](folder, config, device)
 
 
-class _Run:
-    root: Path
-    meta: dict
+def _to_uint8(items: np.ndarray) -> np.ndarray:
+    """Prepared items in [0, 1] as the uint8 a dataset holds (what training saw)."""
+    return (np.clip(items, 0, 1) * 255.0 + 0.5).astype(np.uint8)
+
+
+class _Run(abc.ABC):
+    folder: RunFolder
+    config: RunConfig
+    preparation: Preparation
+
+    @property
+    def root(self) -> Path:
+        return self.folder.root
 
     @property
     def task(self) -> str:
-        return self.meta["data"]["task"]
+        return self.config.data.task
 
     @property
     def class_names(self) -> list[str]:
-        return self.meta["data"]["class_names"]
+        return self.config.data.class_names
+
+    @property
+    def val_in_training(self) -> bool:
+        """The validation split was trained on (a refit run, or an ensemble with one), so it is no test."""
+        return self.config.refit is not None
 
     def load_dataset(self, data: str | None = None, data_dir: str | None = None):
         """The run's dataset, or ``data``; MedMNIST files are looked up in ``data_dir``, else where training was."""
-        from medcls.data import load_dataset
-        from medcls.modalities import Preparation
-
-        t = self.meta["train"]
-        prep = Preparation.from_dict(self.meta["preprocess"]["preparation"]) if "preprocess" in self.meta else None
+        t = self.config.train
         spec = data or t["data"]
         size = t.get("size") if data is None else None
-        return load_dataset(spec, data_dir=data_dir or t.get("data_dir"), size=size, prep=prep, seed=t.get("seed", 0))
+        return load_dataset(spec, data_dir=data_dir or t.get("data_dir"), size=size, prep=self.preparation,
+                            seed=t.get("seed", 0))
+
+    def prepare_file(self, path, series_uid: str | None = None) -> np.ndarray:
+        """A file (or one series of a DICOM folder) as the uint8 items the run's model takes."""
+        arr, meta = read(path, series_uid=series_uid)
+        return _to_uint8(prepare(arr, meta, self.preparation))
 
     def predict_files(self, paths) -> list:
         """One :class:`FilePrediction` or :class:`~medcls.errors.ReadError` per path, in order.
@@ -81,59 +92,49 @@ class _Run:
         A path may also be a ``(folder, series_uid)`` pair: one series of a DICOM
         folder that holds several.
         """
-        from medcls.errors import ReadError
-        from medcls.io import read
-        from medcls.modalities import prepare
-
         out = []
         for p in paths:
             p, uid = p if isinstance(p, tuple) else (p, None)
             try:
-                arr, meta = read(p, series_uid=uid)
-                items = prepare(arr, meta, self.preparation)
+                items = self.prepare_file(p, uid)
             except ReadError as exc:
                 out.append(exc)
                 continue
-            q = (np.clip(items, 0, 1) * 255.0 + 0.5).astype(np.uint8)
-            ip = self.predict_items(q)
+            ip = self.predict_items(items)
             out.append(FilePrediction(str(p), ip.mean(0), ip, uid))
         return out
 
+    @abc.abstractmethod
+    def predict_items(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities of uint8 items ``(N, C, H, W)``."""
+
+    @abc.abstractmethod
+    def sample_probs(self, ds, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities and labels per sample of a dataset split (volumes aggregated over their slices)."""
+
 
 class CNNRun(_Run):
-    def __init__(self, root: Path, meta: dict, device: str = "auto"):
-        from medcls.modalities import Preparation
-        from medcls.train.engine import Normaliser, select_device
-
-        self.root, self.meta = root, meta
+    def __init__(self, folder: RunFolder, config: RunConfig, device: str = "auto"):
+        self.folder, self.config = folder, config
         self.device = select_device(device)
-        self.norm = Normaliser(meta["preprocess"]["mean"], meta["preprocess"]["std"])
-        self.preparation = Preparation.from_dict(meta["preprocess"]["preparation"])
+        self.norm = Normaliser(config.preprocess.mean, config.preprocess.std)
+        self.preparation = config.preprocess.preparation
         self._model = None
 
     @property
     def model(self):
         if self._model is None:
-            import torch
-
-            from medcls.train.checkpoint import load_weights
-            from medcls.train.engine import build_model
-
-            m = self.meta["model"]
-            model = build_model(m["name"], m["num_outputs"], m["in_channels"], m["input_size"], m.get("kwargs"))
-            weights = self.root / "best.safetensors"
-            if not weights.is_file():
-                raise MedclsError(f"{self.root}: no best.safetensors (training has not finished an epoch)")
-            load_weights(model, weights)
+            m = self.config.model
+            model = create_model(m.name, num_classes=m.num_outputs, in_channels=m.in_channels,
+                                 input_size=m.input_size, **(m.kwargs or {}))
+            if not self.folder.best.is_file():
+                raise MedclsError(f"{self.root}: no {self.folder.best.name} (training has not finished an epoch)")
+            load_weights(model, self.folder.best)
             self._model = model.to(self.device).to(memory_format=torch.channels_last).eval()
         return self._model
 
     def _fit_size(self, x: np.ndarray) -> np.ndarray:
-        import torch
-        import torch.nn.functional as F
-
-        s = self.meta["model"]["input_size"]
-        c = self.meta["model"]["in_channels"]
+        s, c = self.config.model.input_size, self.config.model.in_channels
         if x.shape[1] != c:
             x = np.repeat(x[:, :1], c, axis=1) if x.shape[1] == 1 or c > 1 else x.mean(1, keepdims=True)
         if x.shape[-1] == s and x.shape[-2] == s:
@@ -142,46 +143,70 @@ class CNNRun(_Run):
         return t.clamp(0, 255).round().to(torch.uint8).numpy()
 
     def predict_items(self, x: np.ndarray) -> np.ndarray:
-        from medcls.train.engine import predict_items
-
-        tta = self.meta["preprocess"].get("tta", "none")  # runs written before --tta: none
-        return predict_items(self.model, self._fit_size(x), self.norm, self.device, self.task, tta=tta)
+        return predict_items(self.model, self._fit_size(x), self.norm, self.device, self.task,
+                             tta=self.config.preprocess.tta)
 
     def sample_probs(self, ds, split: str) -> tuple[np.ndarray, np.ndarray]:
-        from medcls.train.engine import aggregate
-        from medcls.train.tensors import to_arrays
-
-        d = self.meta["data"]
-        a = to_arrays(ds, split, volume_mode=d.get("volume_mode", "2.5d"), volume_slices=d.get("volume_slices", 8),
-                      channels=self.meta["model"]["in_channels"])
+        d = self.config.data
+        a = to_items(ds, split, volume_mode=d.volume_mode, volume_slices=d.volume_slices,
+                     channels=self.config.model.in_channels, volume_axis=d.volume_axis)
         return aggregate(self.predict_items(a.x), a.sample, a.y)
 
     def embed(self, x: np.ndarray) -> np.ndarray:
         """Penultimate-layer features (for clustering on a trained network)."""
-        import torch
-
-        from medcls.train.engine import _to_device_batch
-
         x = self._fit_size(x)
         out = []
         with torch.no_grad():
             for i in range(0, len(x), 256):
-                xb = self.norm(_to_device_batch(x, np.arange(i, min(i + 256, len(x))), self.device))
+                xb = self.norm(to_device_batch(x, np.arange(i, min(i + 256, len(x))), self.device))
                 f = self.model.forward_features(xb)
                 out.append(self.model.forward_head(f, pre_logits=True).float().cpu().numpy())
         return np.concatenate(out)
 
 
+class ClassicalRun(_Run):
+    """A saved classical pipeline behaving like any run (evaluate, predict, ensemble)."""
+
+    def __init__(self, folder: RunFolder, config: RunConfig, device: str = "auto"):
+        self.folder, self.config = folder, config
+        self.preparation = config.preprocess.preparation
+        self._pipe = None
+
+    @property
+    def pipeline(self):
+        if self._pipe is None:
+            from medcls.classical import load_pipeline
+
+            self._pipe = load_pipeline(self.folder.pipeline)
+        return self._pipe
+
+    def predict_items(self, x: np.ndarray) -> np.ndarray:
+        x = x.mean(1, keepdims=True) if x.ndim == 4 and x.shape[1] > 1 else x
+        return self.pipeline.predict_proba(x)
+
+    def sample_probs(self, ds, split: str):
+        a = to_items(ds, split, volume_mode="slices", volume_slices=self.config.data.volume_slices or 4, channels=1)
+        return aggregate(self.predict_items(a.x), a.sample, a.y)
+
+
 class EnsembleRun(_Run):
     """Averages the probabilities of member runs (trained on the same classes)."""
 
-    def __init__(self, root: Path, meta: dict, device: str = "auto"):
-        self.root, self.meta = root, meta
-        self.members = [load_run(Path(p), device) for p in meta["members"]]
+    def __init__(self, folder: RunFolder, config: RunConfig, device: str = "auto"):
+        self.folder, self.config = folder, config
+        self.members = [load_run(Path(p), device) for p in config.members]
         self.preparation = self.members[0].preparation
+
+    @property
+    def val_in_training(self) -> bool:
+        return any(m.val_in_training for m in self.members)
 
     def load_dataset(self, data: str | None = None, data_dir: str | None = None):
         return self.members[0].load_dataset(data, data_dir)
+
+    def predict_items(self, x: np.ndarray) -> np.ndarray:
+        """The members' mean on items prepared as the first member prepares them."""
+        return np.mean([m.predict_items(x) for m in self.members], axis=0)
 
     def sample_probs(self, ds, split: str):
         outs = [m.sample_probs(ds, split) for m in self.members]
@@ -195,32 +220,66 @@ class EnsembleRun(_Run):
             if not isinstance(preds[0], FilePrediction):
                 out.append(preds[0])
                 continue
-            items = np.mean([p.item_probs for p in preds], 0) if len({p.item_probs.shape for p in preds}) == 1 else preds[0].item_probs
+            same_items = len({p.item_probs.shape for p in preds}) == 1
+            items = np.mean([p.item_probs for p in preds], 0) if same_items else preds[0].item_probs
             out.append(FilePrediction(preds[0].path, np.mean([p.probs for p in preds], 0), items, preds[0].series_uid))
         return out
 
 
-def make_ensemble(members: list[str | Path], out: str | Path, data: str | None = None,
-                  data_dir: str | None = None) -> Path:
-    """Create an ensemble run that averages the members' probabilities, and evaluate it."""
-    from medcls import __version__
-    from medcls._atomic import write_json
-    from medcls.evaluate import evaluate_run
+def _same_classes(config: RunConfig, other: RunConfig) -> bool:
+    return list(config.data.class_names) == list(other.data.class_names) and config.data.task == other.data.task
 
+
+def make_ensemble(members: list[str | Path], out: str | Path) -> Path:
+    """Create an ensemble run that averages the members' probabilities (evaluate it with :func:`evaluate_run`)."""
     if len(members) < 2:
         raise MedclsError("an ensemble needs at least two runs")
-    metas = [_read_meta(Path(m)) for m in members]
-    first = metas[0]["data"]
-    for m, meta in zip(members, metas):
-        if meta["data"]["class_names"] != first["class_names"] or meta["data"]["task"] != first["task"]:
-            raise MedclsError(f"{m}: its classes {meta['data']['class_names']} differ from {first['class_names']}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {"version": __version__, "kind": "ensemble", "members": [str(Path(m).resolve()) for m in members],
-            "data": first, "train": metas[0]["train"],
-            "member_models": [m.get("model", {}).get("name") or m.get("classifier") for m in metas]}
-    write_json(out / "config.json", meta)
-    # a member trained again on train + val (refit) has seen the val split: the ensemble reports test only
-    refit = any(m.get("refit") for m in metas)
-    evaluate_run(out, data=data, splits=("test",) if refit else ("val", "test"), data_dir=data_dir)
-    return out
+    configs = [RunFolder(m).read_config() for m in members]
+    first = configs[0]
+    for m, c in zip(members, configs):
+        if not _same_classes(c, first):
+            raise MedclsError(f"{m}: its classes {c.data.class_names} differ from {first.data.class_names}")
+    folder = RunFolder(out)
+    folder.root.mkdir(parents=True, exist_ok=True)
+    folder.write_config(RunConfig(kind="ensemble", data=first.data, train=first.train,
+                                  members=[str(Path(m).resolve()) for m in members],
+                                  member_models=[c.model_name for c in configs], version=__version__))
+    return folder.root
+
+
+def evaluate_run(root: str | Path, data: str | None = None, splits=("test",), device: str = "auto",
+                 data_dir: str | None = None) -> dict:
+    """Evaluate a run on splits of its dataset (or of ``data``); update its outputs.
+
+    Returns:
+        the whole ``metrics.json`` content.
+    """
+    run = load_run(root, device)
+    ds = run.load_dataset(data, data_dir)
+    if list(ds.class_names) != list(run.class_names) or ds.task != run.task:
+        raise DataError(f"{ds.source}: its classes {list(ds.class_names)} ({ds.task}) are not the ones {run.root} "
+                        f"was trained on, {list(run.class_names)} ({run.task}), in that order; its metrics would be "
+                        "meaningless")
+    if run.val_in_training and "val" in splits and ds.name == run.config.data.name:
+        if run.config.refit is not None:
+            raise DataError(f"{run.root} was trained again on train + val (refit), so its val split is training "
+                            f"data; the validation metrics of its first pass are in {run.folder.selection.metrics}")
+        raise DataError(f"{run.root} averages a run trained again on train + val (refit), so its val split is "
+                        "training data")
+    results = {s: run.sample_probs(ds, s) for s in splits if (ds.splits == s).any()}
+    if not results:
+        raise DataError(f"{ds.source}: no {', '.join(splits)} split to evaluate on")
+    return write_outputs(run.folder, run.config, results, ds.name)
+
+
+def evaluate_after_training(root: str | Path, device: str = "auto", data: str | None = None,
+                            data_dir: str | None = None) -> dict:
+    """Evaluate a run just trained (or made): validation and test, or test alone when val was trained on.
+
+    A refit run's first pass is evaluated too (on its validation and test splits).
+    """
+    run = load_run(root, device)
+    if run.config.refit is not None:
+        evaluate_run(run.folder.selection.root, data=data, splits=("val", "test"), device=device, data_dir=data_dir)
+    splits = ("test",) if run.val_in_training else ("val", "test")
+    return evaluate_run(root, data=data, splits=splits, device=device, data_dir=data_dir)

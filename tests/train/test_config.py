@@ -80,7 +80,7 @@ def test_weight_ema_warms_up_then_settles_to_its_decay():
     import torch
     from torch.optim.swa_utils import AveragedModel
 
-    from medcls.train.engine import ema_multi_avg_fn
+    from medcls.train.optim import ema_multi_avg_fn
 
     model = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.BatchNorm1d(1))
     ema = AveragedModel(model, multi_avg_fn=ema_multi_avg_fn(0.99), use_buffers=True)
@@ -112,7 +112,7 @@ def test_flip_tta_is_asked_for_not_default():
 def test_optimiser_is_fused_and_steps_as_the_per_parameter_one(name, monkeypatch):
     import torch
 
-    from medcls.train.engine import make_optimizer
+    from medcls.train.optim import make_optimizer
 
     torch.manual_seed(0)
     nets = [torch.nn.Linear(5, 3) for _ in range(2)]
@@ -144,18 +144,18 @@ def test_optimiser_is_fused_and_steps_as_the_per_parameter_one(name, monkeypatch
 
 
 def test_flips_follow_anatomy_with_measured_dataset_exceptions():
-    from medcls.train.tensors import default_hflip
+    from medcls.train.augment import default_hflip
 
     assert not default_hflip("mychest", "DX") and not default_hflip("myct", "CT")  # mirrored anatomy
     assert default_hflip("mybreastus", "US") and default_hflip("slides", "SM")  # no handedness
-    assert not default_hflip("breastmnist", "US")  # BUSI frames keep one layout (measured, see tensors.py)
+    assert not default_hflip("breastmnist", "US")  # BUSI frames keep one layout (data/registry.py)
     assert not default_hflip("pneumoniamnist", "CR")
 
 
 def test_device_strings_are_checked_against_this_machine(monkeypatch):
     import torch
 
-    from medcls.train.engine import select_device
+    from medcls.infer import select_device
 
     assert select_device("cpu") == torch.device("cpu")
     for bad in ("foo", "", "meta", "cuda:x"):

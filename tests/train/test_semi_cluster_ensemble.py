@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from medcls.train.checkpoint import load_state
-from medcls.train.engine import pseudo_labels
+from medcls.train.semi import pseudo_labels
 from medcls.train.ssl import nt_xent
 from tests.conftest import run_cli
 
@@ -26,7 +26,7 @@ def test_semi_supervised_runs_and_reports(method, medmnist_dir, tmp_path, capsys
     m = json.loads((run / "metrics.json").read_text())
     assert 0 <= m["test"]["auc"] <= 1
     # an epoch is one pass over the labelled items for every method: the LR schedule runs its full course
-    steps = meta["train"]["epochs_resolved"] * -(-lab // meta["train"]["batch_size_resolved"])
+    steps = meta["schedule"]["epochs"] * -(-lab // meta["schedule"]["batch_size"])
     assert load_state(run / "state.pt")["scheduler"]["last_epoch"] == steps
     if method == "pseudo":
         assert "n_pseudo" in (run / "history.csv").read_text().splitlines()[0]
@@ -36,7 +36,7 @@ def test_semi_supervised_runs_and_reports(method, medmnist_dir, tmp_path, capsys
 def test_mean_teacher_forgets_its_random_start(decay, init_share):
     from torch import nn
 
-    from medcls.train.engine import _ema
+    from medcls.train.semi import teacher_update as _ema
 
     teacher, student = (nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2)) for _ in range(2))
     student[1].running_mean.fill_(0.7)
@@ -97,7 +97,7 @@ def test_cluster_reports_scores(features, medmnist_dir, tmp_path, capsys):
 
 
 def test_linear_probe_scores_what_the_features_carry():
-    from medcls.train.cluster import linear_probe
+    from medcls.cluster import linear_probe
 
     rng = np.random.default_rng(0)
     y, yt = rng.integers(0, 3, 300), rng.integers(0, 3, 200)
@@ -110,7 +110,7 @@ def test_linear_probe_scores_what_the_features_carry():
 
 
 def test_purity_definition():
-    from medcls.train.cluster import purity
+    from medcls.cluster import purity
 
     y = np.array([0, 0, 1, 1, 1, 0])
     c = np.array([1, 1, 0, 0, 1, 1])  # cluster 1: labels 0,0,1,0 -> 3; cluster 0: 1,1 -> 2

@@ -251,11 +251,10 @@ def test_checkpoints_are_timed_and_the_final_epoch_always_lands(medmnist_dir, tm
     monkeypatch.setattr(engine, "save_state", lambda path, st: (writes.append(int(st["epoch"])), save_state(path, st)))
     common = dict(data="breastmnist", data_dir=str(medmnist_dir), model="alexnet_onetower", epochs=3,
                   max_train_samples=64, limit_eval_samples=32, device="cpu", seed=2, refit=False)
-    every = engine.fit(TrainConfig(out=str(tmp_path / "every"), checkpoint_every=0, **common), evaluate_at_end=False)
+    every = engine.fit(TrainConfig(out=str(tmp_path / "every"), checkpoint_every=0, **common))
     assert writes == [1, 2, 3]
     writes.clear()
-    timed = engine.fit(TrainConfig(out=str(tmp_path / "timed"), checkpoint_every=3600, **common),
-                       evaluate_at_end=False)
+    timed = engine.fit(TrainConfig(out=str(tmp_path / "timed"), checkpoint_every=3600, **common))
     assert writes == [3], "within the interval only the final epoch is checkpointed"
     for name in ("last.safetensors", "best.safetensors"):  # a best held back in memory is the same best
         a, b = load_file(every / name), load_file(timed / name)
@@ -326,7 +325,7 @@ def test_a_second_ctrl_c_stops_at_once(medmnist_dir, tmp_path, monkeypatch):
                       max_train_samples=64, limit_eval_samples=32, device="cpu", out=str(tmp_path / "r"),
                       checkpoint_every=3600, refit=False)
     with pytest.raises(KeyboardInterrupt) as exc:
-        engine.fit(cfg, evaluate_at_end=False)
+        engine.fit(cfg)
     assert not isinstance(exc.value, TrainingStopped)
     assert not (tmp_path / "r" / "state.pt").exists(), "nothing was checkpointed: the epoch was abandoned"
     assert signal.getsignal(signal.SIGINT) is handler
@@ -340,10 +339,10 @@ def test_weight_ema_is_what_is_validated_and_kept(medmnist_dir, tmp_path):
 
     common = dict(data="breastmnist", data_dir=str(medmnist_dir), model="alexnet_onetower", epochs=1,
                   max_train_samples=96, limit_eval_samples=32, device="cpu", seed=1)
-    with_ema = fit(TrainConfig(out=str(tmp_path / "ema"), **common), evaluate_at_end=False)
-    without = fit(TrainConfig(out=str(tmp_path / "raw"), ema=False, **common), evaluate_at_end=False)
-    cfg = json.loads((with_ema / "config.json").read_text())["train"]
-    assert cfg["ema"] is True and cfg["ema_decay_resolved"] == TrainConfig.ema_decay(3)  # 96 images, batch 32
+    with_ema = fit(TrainConfig(out=str(tmp_path / "ema"), **common))
+    without = fit(TrainConfig(out=str(tmp_path / "raw"), ema=False, **common))
+    cfg = json.loads((with_ema / "config.json").read_text())
+    assert cfg["train"]["ema"] is True and cfg["schedule"]["ema_decay"] == TrainConfig.ema_decay(3)  # 96 images, batch 32
     raw_last, raw_best = load_file(without / "last.safetensors"), load_file(without / "best.safetensors")
     ema_last, ema_best = load_file(with_ema / "last.safetensors"), load_file(with_ema / "best.safetensors")
     assert raw_best.keys() == ema_best.keys()
@@ -403,7 +402,7 @@ def test_refit_trains_again_on_train_and_val(medmnist_dir, tmp_path, monkeypatch
     val_auc = [float(r["val_auc"]) for r in csv.DictReader((full / "selection" / "history.csv").open())]
     chosen = cfg["refit"]["epoch"]
     assert chosen == val_auc.index(max(val_auc)) + 1, "the refit stops at the epoch validation chose"
-    assert cfg["refit"]["of_epochs"] == first["train"]["epochs_resolved"] == 3
+    assert cfg["refit"]["of_epochs"] == first["schedule"]["epochs"] == 3
     assert cfg["data"]["n_train_labelled"] == 64 + m["val"]["n"] == first["data"]["n_train_labelled"] + 78
     refit_hist = (full / "history.csv").read_text().splitlines()
     assert len(refit_hist) == chosen + 1 and "val_auc" not in refit_hist[0]

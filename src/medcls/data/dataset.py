@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +12,11 @@ import numpy as np
 from medcls.data.medmnist import find_medmnist, parse_medmnist_name
 from medcls.data.registry import MEDMNIST
 from medcls.data.splits import make_splits
-from medcls.errors import DataError, ReadError
-from medcls.modalities import Preparation
+from medcls.errors import DataError, MedclsError, ReadError
+from medcls.modalities import Preparation, PrepOptions, modality_family
 
-__all__ = ["ImageDataset", "load_dataset", "load_npz_dataset", "load_folder", "load_manifest", "FileEntry"]
+__all__ = ["ImageDataset", "load_dataset", "load_npz_dataset", "load_folder", "load_manifest", "FileEntry",
+           "run_preparation"]
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -41,6 +42,12 @@ class ImageDataset:
     paths: list[str] | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
     source: str = ""
+    modality_counts: dict[str, int] = field(default_factory=dict)  # files read, per DICOM modality code
+
+    @property
+    def from_files(self) -> bool:
+        """Read and prepared from image files (a folder or manifest), not held prepared in an ``.npz``."""
+        return self.paths is not None
 
     @property
     def channels(self) -> int:
@@ -83,6 +90,34 @@ class ImageDataset:
             "volume": self.is_volume,
             "skipped": [{"path": p, "problem": why} for p, why in self.skipped],
         }
+
+
+def run_preparation(ds: ImageDataset, options: PrepOptions, used: Preparation, *, size: int, channels: int,
+                    volume_mode: str = "slices") -> Preparation:
+    """The preparation a run trained on ``ds`` saves: what makes a file look like the dataset's items.
+
+    Args:
+        options: what the user chose.
+        used: the preparation the dataset's files were read with (folders, manifests).
+        size, channels: of the items the model trains on.
+
+    Raises:
+        MedclsError: pixel options given for prepared (MedMNIST / ``.npz``) data, where they act on nothing.
+    """
+    if ds.from_files:
+        # a dataset of one family pins it, so that a file of another kind given to predict (a NIfTI,
+        # which has no modality, to a CT run) is prepared as the training files were
+        families = {used.family_of(code) for code in ds.modality_counts}
+        return replace(used, modality=families.pop()) if len(families) == 1 else used
+    if options.pixel_options:
+        raise MedclsError(f"{ds.source}: its images are already prepared (uint8, windowed and resized by their "
+                          f"authors), so {', '.join(options.pixel_options)} would change nothing; these options "
+                          "apply to datasets of image files (a folder or a manifest)")
+    family = options.modality if options.modality != "auto" else modality_family(ds.modality)
+    # crop off: MedMNIST's ultrasound frames are already cut to the scan, and a saved image of one is
+    # predicted exactly as the split it came from
+    return Preparation(modality=family, size=size, channels=channels, crop=False, volume_axis=options.axis,
+                       volume_mode=volume_mode if ds.is_volume else "slices")
 
 
 # ---------------------------------------------------------------- MedMNIST
@@ -329,6 +364,7 @@ def _materialise(entries: list[FileEntry], prep: Preparation, label_cols, name: 
         name=name, images=images, labels=labels, splits=np.array(ss), class_names=names, task=task,
         modality=modalities.most_common(1)[0][0], is_volume=False,
         patient_ids=np.array(pids) if any(pids) else None, paths=paths, skipped=skipped, source=source,
+        modality_counts=dict(modalities),
     )
 
 

@@ -20,10 +20,11 @@ class MedMNISTInfo:
     modality: str  # DICOM-like modality code of the source images
     md5_28: str  # md5 of the 28-px file, as published in medmnist/info.py
     labels: tuple[str, ...] = ()  # empty: names come from the medmnist package
+    hflip: bool | None = None  # left-right flips as augmentation; None: as the modality allows
 
 
-def _i(name, cls, task, ch, n, dims, mod, md5, labels=()):
-    return MedMNISTInfo(name, cls, task, ch, n, dims, mod, md5, tuple(labels))
+def _i(name, cls, task, ch, n, dims, mod, md5, labels=(), hflip=None):
+    return MedMNISTInfo(name, cls, task, ch, n, dims, mod, md5, tuple(labels), hflip)
 
 
 MEDMNIST: dict[str, MedMNISTInfo] = {
@@ -36,8 +37,10 @@ MEDMNIST: dict[str, MedMNISTInfo] = {
         _i("pneumoniamnist", "PneumoniaMNIST", "binary", 1, 2, 2, "CR", "28209eda62fecd6e6a2d98b1501bb15f",
            ("normal", "pneumonia")),
         _i("retinamnist", "RetinaMNIST", "ordinal", 3, 5, 2, "XC", "bd4c0672f1bba3e3a89f0e4e876791e4"),
+        # BUSI frames keep one layout (probe orientation, annotations on one side); the
+        # choice is measured on validation (bench/results/sweep_breastmnist_flips_cpu.json)
         _i("breastmnist", "BreastMNIST", "binary", 1, 2, 2, "US", "750601b1f35ba3300ea97c75c52ff8f6",
-           ("malignant", "normal, benign")),
+           ("malignant", "normal, benign"), hflip=False),
         _i("bloodmnist", "BloodMNIST", "multiclass", 3, 8, 2, "SM", "7053d0359d879ad8a5505303e11de1dc"),
         _i("tissuemnist", "TissueMNIST", "multiclass", 1, 8, 2, "SM", "ebe78ee8b05294063de985d821c1c34b"),
         _i("organamnist", "OrganAMNIST", "multiclass", 1, 11, 2, "CT", "68e3f8846a6bd62f0c9bf841c0d9eacc"),

@@ -8,6 +8,9 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
+from medcls._atomic import write_text
+from medcls.run_folder import RunConfig, RunFolder
+
 __all__ = ["write_report"]
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:60em;color:#222}
@@ -31,22 +34,21 @@ def _img(path: Path, alt: str) -> str:
     return f'<h3>{html.escape(alt)}</h3><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _refit_note(meta: dict) -> str:
-    r = meta.get("refit")
-    if not r:
+def _refit_note(config: RunConfig, folder: RunFolder) -> str:
+    r = config.refit
+    if r is None:
         return ""
-    auc = f" (validation AUC {_f(r['val_auc'])})" if r.get("val_auc") is not None else ""
-    sel = html.escape(r["selection"])
-    return (f"<p>Refit: a first pass trained on the {r['n_train']} training images chose epoch {r['epoch']} of "
-            f"{r['of_epochs']}{auc}; this model was then trained from scratch on train + validation "
-            f"({r['n_train'] + r['n_val']} images) up to that epoch. The validation split is training data here; "
-            f'the first pass\'s own report is <a href="{sel}/report.html">{sel}/report.html</a>.</p>')
+    auc = f" (validation AUC {_f(r.val_auc)})" if r.val_auc is not None else ""
+    first = html.escape(f"{folder.selection.root.name}/{folder.report.name}")
+    return (f"<p>Refit: a first pass trained on the {r.n_train} training images chose epoch {r.epoch} of "
+            f"{r.of_epochs}{auc}; this model was then trained from scratch on train + validation "
+            f"({r.n_train + r.n_val} images) up to that epoch. The validation split is training data here; "
+            f'the first pass\'s own report is <a href="{first}">{first}</a>.</p>')
 
 
-def write_report(root: Path, meta: dict, metrics: dict) -> Path:
-    from medcls._atomic import write_text
-
-    d = meta.get("data", {})
+def write_report(folder: RunFolder, config: RunConfig, metrics: dict) -> Path:
+    """``report.html`` of a run: its configuration, metrics per split and plots, in one offline file."""
+    d = config.data
     rows = []
     for split in ("train", "val", "test"):
         m = metrics.get(split)
@@ -65,16 +67,16 @@ def write_report(root: Path, meta: dict, metrics: dict) -> Path:
                      for n, v in last["per_class"].items())
         per = ("<h2>Per class (test)</h2><table><tr><th>class</th><th>sensitivity</th><th>specificity</th>"
                f"<th>n / AUC</th></tr>{pr}</table>")
-    model = meta.get("model", {}).get("name") or meta.get("classifier") or "ensemble"
+    model = config.model_name
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = f"""<!doctype html><html><head><meta charset="utf-8"><title>medcls report: {html.escape(str(model))}</title>
 <style>{_CSS}</style></head><body>
 <h1>medcls report</h1>
-<p class="muted">{html.escape(str(root))} · written {now} · medcls {html.escape(meta.get('version', ''))}</p>
+<p class="muted">{html.escape(str(folder.root))} · written {now} · medcls {html.escape(config.version)}</p>
 <table><tr><th>model</th><td>{html.escape(str(model))}</td></tr>
-<tr><th>dataset</th><td>{html.escape(d.get('name', ''))} ({html.escape(d.get('source', ''))})</td></tr>
-<tr><th>task</th><td>{html.escape(d.get('task', ''))}: {html.escape(', '.join(d.get('class_names', [])))}</td></tr>
-<tr><th>modality</th><td>{html.escape(d.get('modality', ''))}</td></tr></table>
+<tr><th>dataset</th><td>{html.escape(d.name)} ({html.escape(d.source)})</td></tr>
+<tr><th>task</th><td>{html.escape(d.task)}: {html.escape(', '.join(d.class_names))}</td></tr>
+<tr><th>modality</th><td>{html.escape(d.modality)}</td></tr>{_preparation_row(config)}</table>
 <h2>Metrics</h2>
 <table><tr><th>split</th><th>n</th><th>ACC</th><th>AUC</th><th>AUC 95% CI</th><th>sensitivity</th>
 <th>specificity</th><th>F1</th><th>Brier</th><th>ECE</th></tr>{''.join(rows)}</table>
@@ -82,14 +84,22 @@ def write_report(root: Path, meta: dict, metrics: dict) -> Path:
 “{html.escape(str(last.get('positive_class', '')) if last else '')}” at the argmax decision. AUC CI: percentile bootstrap
 over cases. Multi-class AUC: one-vs-rest macro, as MedMNIST reports it. Brier score and expected
 calibration error (15 bins): lower is better; the reliability diagram shows what the ECE measures.</p>
-{_refit_note(meta)}
+{_refit_note(config, folder)}
 {per}
-{_img(root / 'roc.png', 'ROC (test)')}
-{_img(root / 'confusion.png', 'Confusion matrix (test)')}
-{_img(root / 'calibration.png', 'Calibration (test)')}
-{_img(root / 'curves.png', 'Training curves')}
-<h2>Configuration</h2><pre>{html.escape(json.dumps(meta, indent=2))}</pre>
+{_img(folder.roc, 'ROC (test)')}
+{_img(folder.confusion, 'Confusion matrix (test)')}
+{_img(folder.calibration, 'Calibration (test)')}
+{_img(folder.curves, 'Training curves')}
+<h2>Configuration</h2><pre>{html.escape(json.dumps(config.to_dict(), indent=2))}</pre>
 </body></html>"""
-    out = root / "report.html"
-    write_text(out, body)
-    return out
+    write_text(folder.report, body)
+    return folder.report
+
+
+def _preparation_row(config: RunConfig) -> str:
+    prep = config.preparation
+    if prep is None:
+        return ""
+    what = (prep.describe(prep.modality, config.data.is_volume) if prep.modality != "auto"
+            else "each file as its DICOM modality asks (PNG/JPEG as other)")
+    return f"<tr><th>files prepared as</th><td>{html.escape(what)}</td></tr>"

@@ -7,7 +7,10 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Augment", "AUGMENT_PRESETS"]
+from medcls.data.registry import MEDMNIST
+from medcls.modalities import mirror_safe
+
+__all__ = ["Augment", "AUGMENT_PRESETS", "default_hflip"]
 
 # rotation (deg), translation (fraction), scale range, contrast/brightness jitter
 AUGMENT_PRESETS = {
@@ -15,6 +18,14 @@ AUGMENT_PRESETS = {
     "light": dict(rot=10.0, shift=0.06, scale=0.08, jitter=0.1, cutout=0.0),
     "strong": dict(rot=20.0, shift=0.12, scale=0.15, jitter=0.3, cutout=0.25),
 }
+
+
+def default_hflip(dataset: str, modality: str) -> bool:
+    """Whether left-right flips are a safe augmentation: the dataset's own rule, else its modality's."""
+    info = MEDMNIST.get(dataset)
+    if info is not None and info.hflip is not None:
+        return info.hflip
+    return mirror_safe(modality)
 
 
 class Augment:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 
 from medcls.errors import MedclsError
+from medcls.infer import TTA_MODES
+from medcls.modalities import PrepOptions
+from medcls.train.semi import SEMI_METHODS
 
-__all__ = ["TrainConfig", "TTA_MODES", "SELECTION"]
+__all__ = ["TrainConfig", "REFIT_AUTO_BELOW"]
 
-SELECTION = "selection"  # the sub-folder of a refit run that holds its first, epoch-choosing pass
 REFIT_AUTO_BELOW = 2000  # training items (images; a volume's slices or 2.5-D stacks) below which refit is on
-TTA_MODES = ("none", "flip")  # test-time augmentation: none, or the mean with the mirror image
 
 
 @dataclass
@@ -43,7 +42,7 @@ class TrainConfig:
     checkpoint_every: float = 60.0  # seconds between writes of last/state (and a pending best); 0: every epoch
     device: str = "auto"
     amp: bool = True  # mixed precision on CUDA (bf16 where supported)
-    volume_mode: str = "2.5d"  # volumes: slices | 2.5d
+    volume_mode: str | None = None  # volumes: slices | 2.5d; None: 2.5d for MedMNIST volumes, slices for files
     volume_slices: int = 8  # slices per volume used (centred), 0: all
     labelled_fraction: float = 1.0
     semi: str | None = None  # pseudo | fixmatch | meanteacher
@@ -51,6 +50,14 @@ class TrainConfig:
     model_kwargs: dict = field(default_factory=dict)
     max_train_samples: int | None = None  # for quick runs and tests
     limit_eval_samples: int | None = None
+    # how image files become model input (medcls.modalities.Preparation); for MedMNIST only the volume axis
+    modality: str = "auto"  # auto: each file's own; or xray | us | ct | mr | other for all
+    ct_windows: list[str] | None = None  # None: abdomen; several: one channel each
+    file_window: bool = True  # X-ray: the window stored in the file, when there is one
+    clahe: bool = False  # X-ray: CLAHE after windowing
+    us_crop: bool | None = None  # ultrasound: crop to the scan sector; None: yes
+    mr_norm: str = "percentile"  # MRI: percentile | zscore, statistics of the body only
+    volume_axis: str = "axial"  # volumes: axial | coronal | sagittal slices
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adamw", "sgd"):
@@ -61,11 +68,11 @@ class TrainConfig:
             raise MedclsError(f"--augment must be auto, none, light or strong, not {self.augment!r}")
         if self.tta not in TTA_MODES:
             raise MedclsError(f"--tta must be none or flip, not {self.tta!r}")
-        if self.semi not in (None, "pseudo", "fixmatch", "meanteacher"):
+        if self.semi not in (None, *SEMI_METHODS):
             raise MedclsError(f"--semi must be pseudo, fixmatch or meanteacher, not {self.semi!r}")
         if not 0 < self.labelled_fraction <= 1:
             raise MedclsError(f"--labelled-fraction must be in (0, 1], got {self.labelled_fraction}")
-        if self.volume_mode not in ("slices", "2.5d"):
+        if self.volume_mode not in (None, "slices", "2.5d"):
             raise MedclsError(f"--volume-mode must be slices or 2.5d, not {self.volume_mode!r}")
         if not self.checkpoint_every >= 0:
             raise MedclsError(f"--checkpoint-every must be 0 or more seconds, got {self.checkpoint_every}")
@@ -87,6 +94,13 @@ class TrainConfig:
         if self.refit and (self.semi or self.labelled_fraction < 1):
             raise MedclsError("--refit trains again with every label of train + val; it does not go with --semi "
                               "or --labelled-fraction below 1, which hold labels back on purpose")
+        self.prep_options()  # the preparation options are checked here too
+
+    def prep_options(self) -> PrepOptions:
+        """How image files are prepared for this run (MedMNIST data comes prepared)."""
+        return PrepOptions(modality=self.modality, ct_windows=tuple(self.ct_windows) if self.ct_windows else None,
+                           file_window=self.file_window, clahe=self.clahe, us_crop=self.us_crop,
+                           mr_norm=self.mr_norm, volume_axis=self.volume_axis)
 
     @property
     def model_args(self) -> dict:
@@ -184,6 +198,3 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
-    @classmethod
-    def load(cls, path: str | Path) -> "TrainConfig":
-        return cls.from_dict(json.loads(Path(path).read_text())["train"])

@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medcls.infer import Normaliser, to_device_batch
+from medcls.models import create_model
 from medcls.train.augment import Augment
-from medcls.train.engine import Normaliser, _to_device_batch, build_model, make_optimizer
+from medcls.train.optim import make_optimizer
 
 __all__ = ["nt_xent", "pretrain_simclr", "embed"]
 
@@ -35,7 +37,7 @@ def pretrain_simclr(x: np.ndarray, *, model: str = "alexnet_onetower", epochs: i
     torch.manual_seed(seed)
     c, s = int(x.shape[1]), int(x.shape[-1])
     kwargs = {"fc_width": 512} if model.startswith("alexnet") or model.startswith("vgg") else {}
-    enc = build_model(model, 2, c, s, kwargs).to(device)
+    enc = create_model(model, num_classes=2, in_channels=c, input_size=s, **kwargs).to(device)
     with torch.no_grad():
         dim = enc.forward_head(enc.forward_features(torch.zeros(2, c, s, s, device=device)), pre_logits=True).shape[1]
     head = nn.Sequential(nn.Linear(dim, 256), nn.ReLU(), nn.Linear(256, 64)).to(device)
@@ -52,7 +54,7 @@ def pretrain_simclr(x: np.ndarray, *, model: str = "alexnet_onetower", epochs: i
             idx = np.sort(order[i:i + batch_size])
             if len(idx) < 2:
                 continue
-            xb = _to_device_batch(x, idx, device)
+            xb = to_device_batch(x, idx, device)
             z1 = head(enc.forward_head(enc.forward_features(norm(aug(xb, gen))), pre_logits=True))
             z2 = head(enc.forward_head(enc.forward_features(norm(aug(xb, gen))), pre_logits=True))
             loss = nt_xent(z1, z2)
@@ -66,10 +68,11 @@ def pretrain_simclr(x: np.ndarray, *, model: str = "alexnet_onetower", epochs: i
 
 @torch.no_grad()
 def embed(enc: nn.Module, norm: Normaliser, x: np.ndarray, device: torch.device | None = None) -> np.ndarray:
+    """The encoder's penultimate features of uint8 images ``(N, C, H, W)``."""
     device = device or torch.device("cpu")
     enc.eval()
     out = []
     for i in range(0, len(x), 256):
-        xb = norm(_to_device_batch(x, np.arange(i, min(i + 256, len(x))), device))
+        xb = norm(to_device_batch(x, np.arange(i, min(i + 256, len(x))), device))
         out.append(enc.forward_head(enc.forward_features(xb), pre_logits=True).float().cpu().numpy())
     return np.concatenate(out)

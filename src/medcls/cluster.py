@@ -1,12 +1,34 @@
-"""Unsupervised: cluster classical, trained-CNN or self-supervised features; score against labels."""
+"""Unsupervised: cluster classical, trained-CNN or self-supervised features; score against labels.
+
+Features are HOG (classical), a trained run's penultimate layer (``cnn:RUN``),
+or a SimCLR encoder pretrained here (``ssl``). Clusters are scored against the
+labels (NMI, ARI, purity) and the features with a linear probe, the usual
+measure of a self-supervised representation.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+from sklearn.mixture import GaussianMixture
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
-from medcls.errors import MedclsError
+from medcls._atomic import write_json, write_text
+from medcls.data import load_dataset, to_items
+from medcls.errors import DataError, MedclsError
+from medcls.evaluate.metrics import auc_score
+from medcls.evaluate.plots import plot_embedding
+from medcls.features import HOGFeatures
+from medcls.infer import select_device
+from medcls.runs import CNNRun, load_run
+from medcls.train.ssl import embed, pretrain_simclr
 
 __all__ = ["cluster_dataset", "purity", "linear_probe"]
 
@@ -22,12 +44,6 @@ def purity(y: np.ndarray, clusters: np.ndarray) -> float:
 def linear_probe(f_train: np.ndarray, y_train: np.ndarray, f_test: np.ndarray, y_test: np.ndarray, task: str,
                  seed: int = 0) -> dict:
     """Logistic regression on frozen features (standardised); test ``acc``, ``auc`` and the sizes."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    from medcls.evaluate.metrics import auc_score
-
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
     clf.fit(f_train.astype(np.float64), y_train)
     p = np.zeros((len(y_test), int(max(y_train.max(), y_test.max())) + 1))
@@ -38,8 +54,6 @@ def linear_probe(f_train: np.ndarray, y_train: np.ndarray, f_test: np.ndarray, y
 
 def _clustered_items(ds, split: str, max_samples: int | None, seed: int, k: int | None):
     """The split's items and labels to cluster, and ``k`` (default: the number of classes), checked."""
-    from medcls.errors import DataError
-
     if not (ds.splits == split).any():
         have = ", ".join(sorted(set(ds.splits.tolist())))
         raise DataError(f"{ds.source}: no {split!r} split to cluster (it has {have})")
@@ -51,9 +65,7 @@ def _clustered_items(ds, split: str, max_samples: int | None, seed: int, k: int 
 
 
 def _items(ds, split: str, max_samples: int | None, seed: int):
-    from medcls.train.tensors import to_arrays
-
-    a = to_arrays(ds, split, volume_mode="2.5d", volume_slices=1, channels=None if not ds.is_volume else 3)
+    a = to_items(ds, split, volume_mode="2.5d", volume_slices=1, channels=None if not ds.is_volume else 3)
     if max_samples and len(a.y) > max_samples:
         idx = np.sort(np.random.default_rng(seed).choice(len(a.y), max_samples, replace=False))
         return a.x[idx], a.y[idx]
@@ -71,30 +83,18 @@ def cluster_dataset(data: str, features: str, out: str | Path, *, k: int | None 
     a self-supervised representation) is fitted on the clustered split's features
     and labels and scored on the test split's features.
     """
-    from sklearn.cluster import KMeans
-    from sklearn.decomposition import PCA
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-    from sklearn.mixture import GaussianMixture
-    from sklearn.preprocessing import StandardScaler
-
-    from medcls._atomic import write_json, write_text
-    from medcls.data import load_dataset
-    from medcls.evaluate.plots import plot_embedding
-
     if method not in ("kmeans", "gmm"):
         raise MedclsError(f"--method must be kmeans or gmm, not {method!r}")
     if max_samples is not None and max_samples < 0:
         raise MedclsError(f"--max-samples must be 0 (the whole split) or more, got {max_samples}")
     out = Path(out)
     if features.startswith("cnn:"):
-        from medcls.runs import CNNRun, load_run
-
         run = load_run(features[4:])
         if not isinstance(run, CNNRun):
             raise MedclsError(f"{features[4:]}: --features cnn:RUN needs a CNN run")
         ds = run.load_dataset(data, data_dir)
         x, y, k = _clustered_items(ds, split, max_samples, seed, k)
-        channels = run.meta["model"]["in_channels"]
+        channels = run.config.model.in_channels
 
         def featurize(a):
             return run.embed(a[:, :channels] if ds.is_volume else a)
@@ -102,14 +102,9 @@ def cluster_dataset(data: str, features: str, out: str | Path, *, k: int | None 
         ds = load_dataset(data, data_dir=data_dir)
         x, y, k = _clustered_items(ds, split, max_samples, seed, k)
         if features == "hog":
-            from medcls.features import HOGFeatures
-
             hog = HOGFeatures().fit(x)
             featurize = hog.transform
         elif features == "ssl":
-            from medcls.train.engine import select_device
-            from medcls.train.ssl import embed, pretrain_simclr
-
             dev = select_device("auto")
             enc, norm = pretrain_simclr(x, model=ssl_model, epochs=ssl_epochs, seed=seed, device=dev, log=log)
 
@@ -137,8 +132,6 @@ def cluster_dataset(data: str, features: str, out: str | Path, *, k: int | None 
     if embedding == "pca":
         xy = PCA(2, random_state=seed).fit_transform(z)
     elif embedding == "tsne":
-        from sklearn.manifold import TSNE
-
         xy = TSNE(2, random_state=seed, init="pca", perplexity=min(30, max(5, len(z) // 10))).fit_transform(z)
     elif embedding == "umap":
         try:

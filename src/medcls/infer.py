@@ -1,0 +1,135 @@
+"""What running a trained network needs, shared by training and trained runs alike.
+
+The device, the per-channel normalisation a run saves, uint8 batches moved to
+the device, batched prediction (with optional flip test-time augmentation) and
+the aggregation of item probabilities (slices, frames) into one per sample.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from torch import nn
+
+from medcls.errors import MedclsError
+
+__all__ = ["TTA_MODES", "select_device", "set_threads", "Normaliser", "to_device_batch", "autocast",
+           "predict_items", "aggregate"]
+
+TTA_MODES = ("none", "flip")  # test-time augmentation: none, or the mean with the mirror image
+
+
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+def select_device(spec: str = "auto") -> torch.device:
+    """``auto``: CUDA if present, else Apple MPS, else CPU; anything else is checked against this machine."""
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:  # not a device string at all
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise MedclsError(f"--device must be auto, cpu, cuda, cuda:N or mps, not {spec!r}")
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise MedclsError(f"--device {spec} asked for, but no CUDA device is available")
+        if dev.index is not None and dev.index >= n:
+            raise MedclsError(f"--device {spec} asked for, but this machine has {n} CUDA device(s), "
+                              f"cuda:0 to cuda:{n - 1}")
+    elif dev.type == "mps" and not _mps_available():
+        raise MedclsError(f"--device {spec} asked for, but Apple MPS is not available here")
+    return dev
+
+
+def set_threads() -> None:
+    """One intra-op thread per core this process may use; inter-op parallelism buys nothing for one model."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, n))
+
+
+class Normaliser:
+    """uint8 batch -> float, scaled to [0, 1], then (x - mean) / std per channel."""
+
+    def __init__(self, mean, std):
+        self.mean = [float(m) for m in mean]
+        self.std = [float(max(s, 1e-3)) for s in std]
+
+    @classmethod
+    def fit(cls, x: np.ndarray) -> "Normaliser":
+        xf = x.reshape(x.shape[0], x.shape[1], -1).astype(np.float32) / 255.0
+        return cls(xf.mean(axis=(0, 2)), xf.std(axis=(0, 2)))
+
+    def __call__(self, x01: torch.Tensor) -> torch.Tensor:
+        m = torch.tensor(self.mean, device=x01.device, dtype=x01.dtype).view(1, -1, 1, 1)
+        s = torch.tensor(self.std, device=x01.device, dtype=x01.dtype).view(1, -1, 1, 1)
+        return (x01 - m) / s
+
+
+def to_device_batch(x: np.ndarray, idx: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Items ``idx`` of uint8 ``(N, C, H, W)`` as a float batch in [0, 1] on ``device``, channels-last.
+
+    On CUDA the copy goes through pinned memory and does not block the host.
+    """
+    t = torch.from_numpy(x[idx])
+    if device.type == "cuda":
+        t = t.pin_memory().to(device, non_blocking=True)
+    else:
+        t = t.to(device)
+    return t.float().div_(255.0).contiguous(memory_format=torch.channels_last)
+
+
+def autocast(device: torch.device, enabled: bool):
+    """Mixed precision on CUDA (bf16 where the GPU has it, else fp16); full precision elsewhere."""
+    if device.type == "cuda" and enabled:
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast(device.type, enabled=False)
+
+
+@torch.no_grad()
+def predict_items(model: nn.Module, x: np.ndarray, norm: Normaliser, device: torch.device, task: str,
+                  batch_size: int = 256, amp: bool = True, tta: str = "none") -> np.ndarray:
+    """Probabilities for uint8 items ``(N, C, H, W)``: softmax, or sigmoid for multi-label.
+
+    ``tta="flip"`` averages the probabilities of each item and its left-right mirror image.
+    """
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
+    model.eval()
+    out = []
+
+    def probs(xb: torch.Tensor) -> torch.Tensor:
+        with autocast(device, amp):
+            logits = model(xb).float()
+        return torch.sigmoid(logits) if task == "multilabel" else torch.softmax(logits, 1)
+
+    for i in range(0, len(x), batch_size):
+        xb = norm(to_device_batch(x, np.arange(i, min(i + batch_size, len(x))), device))
+        p = probs(xb)
+        if tta == "flip":
+            p = (p + probs(xb.flip(-1))) / 2
+        out.append(p.cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+
+
+def aggregate(probs: np.ndarray, sample: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean probability over the items of each sample (slices of a volume); labels per sample."""
+    uniq, inv = np.unique(sample, return_inverse=True)
+    if len(uniq) == len(sample):
+        return probs, y
+    agg = np.zeros((len(uniq), probs.shape[1]))
+    np.add.at(agg, inv, probs)
+    agg /= np.bincount(inv)[:, None]
+    first = np.zeros(len(uniq), dtype=int)
+    first[inv[::-1]] = np.arange(len(sample))[::-1]
+    return agg, y[first]

@@ -1,0 +1,65 @@
+"""From a dataset to what training needs: items per split, the task, and the preparation files get."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from medcls.data import ImageDataset, Items, load_dataset, run_preparation, subset_items, to_items
+from medcls.errors import DataError, MedclsError
+from medcls.modalities import Preparation
+
+__all__ = ["TrainingData", "prepare_data"]
+
+
+@dataclass
+class TrainingData:
+    """A dataset ready to train on."""
+
+    ds: ImageDataset
+    train: Items
+    val: Items
+    preparation: Preparation  # what ``predict`` applies to a file to give what training saw
+    task: str  # binary | multiclass | multilabel (an ordinal set trains as multi-class)
+    volume_mode: str  # how volumes became items: slices | 2.5d
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.ds.class_names)
+
+
+def prepare_data(cfg) -> TrainingData:
+    """Load ``cfg.data`` and turn it into train/val items; settle size, channels and the preparation.
+
+    Image files (folders, manifests) are read and prepared with the options of
+    ``cfg``; MedMNIST / ``.npz`` images come prepared by their authors, so only
+    the volume options apply to them. A dataset without a validation split gets
+    one carved out of the training split (a tenth of its samples).
+    """
+    options = cfg.prep_options()
+    # a volume file (NIfTI, DICOM series) in a folder dataset gives one item per slice by default
+    file_prep = options.preparation(cfg.size or 64, cfg.channels, cfg.volume_mode or "slices")
+    ds = load_dataset(cfg.data, data_dir=cfg.data_dir, size=cfg.size, prep=file_prep, seed=cfg.seed)
+    volume_mode = cfg.volume_mode or "2.5d"  # MedMNIST volumes: the slices of a volume in 2.5-D stacks
+    channels = cfg.channels or (3 if ds.is_volume and volume_mode == "2.5d" else ds.channels)
+    items = {s: to_items(ds, s, volume_mode=volume_mode, volume_slices=cfg.volume_slices, channels=channels,
+                         volume_axis=options.axis)
+             for s in ("train", "val") if (ds.splits == s).any()}
+    if "train" not in items:
+        raise DataError(f"{cfg.data}: no training split")
+    if "val" not in items:  # carve a validation split out of train, by sample
+        tr = items["train"]
+        rng = np.random.default_rng(cfg.seed)
+        samples = np.unique(tr.sample)
+        held = np.isin(tr.sample, rng.choice(samples, max(1, len(samples) // 10), replace=False))
+        items["val"] = Items(tr.x[held], tr.y[held], tr.sample[held])
+        items["train"] = Items(tr.x[~held], tr.y[~held], tr.sample[~held])
+    prep = run_preparation(ds, options, file_prep, size=int(items["train"].x.shape[-1]), channels=channels,
+                           volume_mode=volume_mode)
+    task = ds.task if ds.task != "ordinal" else "multiclass"
+    if cfg.semi and task == "multilabel":
+        raise MedclsError("semi-supervised training supports binary and multi-class tasks, not multi-label")
+    train = subset_items(items["train"], cfg.max_train_samples, cfg.seed)
+    val = subset_items(items["val"], cfg.limit_eval_samples, cfg.seed)
+    return TrainingData(ds, train, val, prep, task, volume_mode)
