@@ -224,6 +224,20 @@ def test_alexnet_paper_init():
     assert drops == [0.5, 0.5]
 
 
+@pytest.mark.parametrize("name", ["alexnet", "alexnet_onetower"])
+def test_alexnet_is_initialised_once_whoever_builds_it(name, monkeypatch):
+    import medcls.models.alexnet as A
+
+    calls = []
+    init = A._init_alexnet
+    monkeypatch.setattr(A, "_init_alexnet", lambda m, how: (calls.append(how), init(m, how)))
+    create_model(name, num_classes=10, in_channels=3, input_size=224, init="kaiming")
+    assert calls == ["kaiming"]
+    direct = A.AlexNet(10, 3, 224, widths=A._PAPER if name == "alexnet" else A._ONETOWER, init="paper")
+    convs = [mod for mod in direct.features if isinstance(mod, nn.Conv2d)]
+    assert [bool((c.bias == 1).all()) for c in convs] == [False, True, False, True, True]  # the paper's unit biases
+
+
 @pytest.mark.parametrize("size", [28, 224])
 def test_alexnet_split_equals_single_device(size):
     torch.manual_seed(0)

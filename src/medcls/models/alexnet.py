@@ -102,6 +102,9 @@ class AlexNet(ClassifierModel):
         )
         last_conv = max(i for i, m in enumerate(self.features) if isinstance(m, nn.Conv2d))
         self.gradcam_layer = f"features.{last_conv}"
+        for i, m in enumerate((m for m in self.features if isinstance(m, nn.Conv2d)), start=1):
+            m._paper_index = i  # the paper's conv numbering, for its unit biases
+        self.classifier[1]._paper_hidden = self.classifier[4]._paper_hidden = True
         _init_alexnet(self, init)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -133,14 +136,6 @@ def _init_alexnet(model: nn.Module, init: str) -> None:
         for m in linears:
             if getattr(m, "_paper_hidden", False):
                 nn.init.ones_(m.bias)
-
-
-def _tag(model: AlexNet) -> None:
-    convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
-    for i, m in enumerate(convs, start=1):
-        m._paper_index = i
-    model.classifier[1]._paper_hidden = True
-    model.classifier[4]._paper_hidden = True
 
 
 class _Tower(nn.Module):
@@ -264,18 +259,10 @@ def alexnet(num_classes: int = 1000, in_channels: int = 3, input_size: int = 224
     """
     if devices is not None:
         return AlexNetSplit(num_classes, in_channels, input_size, devices=devices, lrn=lrn, **kwargs)
-    init = kwargs.pop("init", "paper")
-    model = AlexNet(num_classes, in_channels, input_size, widths=_PAPER, lrn=lrn, init="kaiming", **kwargs)
-    _tag(model)
-    _init_alexnet(model, init)
-    return model
+    return AlexNet(num_classes, in_channels, input_size, widths=_PAPER, lrn=lrn, **kwargs)
 
 
 @register_model
 def alexnet_onetower(num_classes: int = 1000, in_channels: int = 3, input_size: int = 224, **kwargs) -> AlexNet:
     """torchvision's single-tower AlexNet (64-192-384-256-256, no LRN)."""
-    init = kwargs.pop("init", "paper")
-    model = AlexNet(num_classes, in_channels, input_size, widths=_ONETOWER, lrn=None, init="kaiming", **kwargs)
-    _tag(model)
-    _init_alexnet(model, init)
-    return model
+    return AlexNet(num_classes, in_channels, input_size, widths=_ONETOWER, lrn=None, **kwargs)
