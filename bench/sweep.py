@@ -1,7 +1,7 @@
 """Training variants x seeds on one dataset, side by side: how the defaults are chosen.
 
     python bench/sweep.py --dataset breastmnist --models alexnet --variants hflip nohflip --seeds 0 1 2 3 4
-    python bench/sweep.py --dataset breastmnist --models alexnet --variants base --holdout 0.2 --seeds 0 1 2 3 4
+    python bench/sweep.py --dataset breastmnist --models alexnet vgg11_bn --variants refit --holdout 0.2 --seeds 0 1 2 3 4
 
 Each job is ``medcls.train.fit`` with the defaults plus one variant (table below),
 run in parallel worker processes (``--workers``; on one GPU several share it).
@@ -37,7 +37,7 @@ from _common import machine  # noqa: E402
 
 VARIANTS = {
     "base": dict(),  # the defaults
-    "norefit": dict(refit=False),  # one pass: the epoch chosen on validation, no second pass on train + val
+    "refit": dict(refit=True),  # a second pass on train + val up to the epoch validation chose (judge with --holdout)
     "plain_ema": dict(_plain_ema=True),  # the EMA without its warm-up
     "pat8": dict(patience=8),  # the earlier fixed patience
     "ep2x": dict(_epoch_mult=2),

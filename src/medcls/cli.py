@@ -285,10 +285,9 @@ def train(
                                               "for MedMNIST volumes, slices for volume files]."),
     labelled_fraction: float = typer.Option(1.0, "--labelled-fraction", help="Keep this fraction of train labels."),
     semi: Optional[str] = typer.Option(None, "--semi", help="pseudo | fixmatch | meanteacher"),
-    refit: Optional[bool] = typer.Option(None, "--refit/--no-refit", help="After choosing the epoch on validation, "
-                                         "train again from scratch on train + val up to that epoch and ship that "
-                                         "model (the first pass stays in RUN/selection). [default: on below 2,000 "
-                                         "training items (images, or slices of volumes) when all labels are used]"),
+    refit: bool = typer.Option(False, "--refit/--no-refit", help="After choosing the epoch on validation, train "
+                               "again from scratch on train + val up to that epoch and ship that model (the first "
+                               "pass stays in RUN/selection)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Where MedMNIST files are."),
     max_train_samples: Optional[int] = typer.Option(None, "--max-train-samples", help="Train on a random subset."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted (or Ctrl-C-stopped) "
@@ -318,7 +317,8 @@ def train(
                               f"{', '.join(given)} (only --checkpoint-every may change), or train a new run")
         folder = RunFolder(resume)
         if folder.config.is_file():
-            cfg = TrainConfig.from_dict(folder.read_config().train)
+            done = folder.read_config()
+            cfg = dataclasses.replace(TrainConfig.from_dict(done.train), refit=done.refit is not None)
         elif folder.selection.config.is_file():  # a refit run stopped before its second pass
             cfg = dataclasses.replace(TrainConfig.from_dict(folder.selection.read_config().train), refit=True)
         else:

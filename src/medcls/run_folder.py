@@ -10,7 +10,7 @@ the number existed (its training schedule sat inside ``train`` as
 ``*_resolved`` keys); it loads unchanged. Schema 1 adds ``schema`` and keeps the
 resolved schedule in ``schedule``.
 
-A refit run (see ``TrainConfig.refit_for``) holds its first, epoch-choosing pass
+A refit run (``medcls train --refit``) holds its first, epoch-choosing pass
 as a run folder of its own in ``RUN/selection``.
 """
 

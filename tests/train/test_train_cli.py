@@ -28,7 +28,7 @@ def _check_run(run: Path, n_test: int | None = None, first_pass: bool = False):
         assert (run / f).is_file() != (first_pass and f in resumable), f
     m = json.loads((run / "metrics.json").read_text())
     refit = json.loads((run / "config.json").read_text()).get("refit")
-    if refit:  # small sets train again on train + val (the default): val metrics belong to the first pass
+    if refit:  # trained again on train + val (--refit): val metrics belong to the first pass
         first = _check_run(run / refit["selection"], n_test, first_pass=True)
         assert "val" not in m and 1 <= refit["epoch"] <= refit["of_epochs"]
         assert refit["n_val"] == first["val"]["n"]
@@ -390,9 +390,9 @@ def test_refit_trains_again_on_train_and_val(medmnist_dir, tmp_path, monkeypatch
 
     args = ["train", "--data", "breastmnist", "--data-dir", medmnist_dir, "--model", "alexnet_onetower",
             "--epochs", "3", "--batch-size", "32", "--max-train-samples", "64", "--init", "kaiming", "--seed", "5",
-            "--device", "cpu", "--checkpoint-every", "3600"]
+            "--device", "cpu", "--checkpoint-every", "3600", "--refit"]
     full = tmp_path / "full"
-    rc, out, err = run_cli(args + ["--out", full], capsys)  # 64 training images: refit by default
+    rc, out, err = run_cli(args + ["--out", full], capsys)
     assert rc == 0, err
     assert "val (first pass): ACC" in out and "test: ACC" in out
     m = _check_run(full, 156)

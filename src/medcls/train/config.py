@@ -9,9 +9,8 @@ from medcls.infer import TTA_MODES
 from medcls.modalities import PrepOptions
 from medcls.train.semi import SEMI_METHODS
 
-__all__ = ["TrainConfig", "REFIT_AUTO_BELOW"]
+__all__ = ["TrainConfig"]
 
-REFIT_AUTO_BELOW = 2000  # training items (images; a volume's slices or 2.5-D stacks) below which refit is on
 
 
 @dataclass
@@ -46,7 +45,7 @@ class TrainConfig:
     volume_slices: int = 8  # slices per volume used (centred), 0: all
     labelled_fraction: float = 1.0
     semi: str | None = None  # pseudo | fixmatch | meanteacher
-    refit: bool | None = None  # train again on train + val up to the chosen epoch; None: auto (see refit_for)
+    refit: bool = False  # train again on train + val up to the epoch validation chose (see fit)
     model_kwargs: dict = field(default_factory=dict)
     max_train_samples: int | None = None  # for quick runs and tests
     limit_eval_samples: int | None = None
@@ -78,7 +77,9 @@ class TrainConfig:
             raise MedclsError(f"--checkpoint-every must be 0 or more seconds, got {self.checkpoint_every}")
         if self.patience is not None and self.patience < 1:
             raise MedclsError("--patience must be at least 1")
-        for name, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size), ("--size", self.size),
+        if self.size is not None and not 28 <= self.size <= 1024:
+            raise MedclsError(f"--size must be from 28 to 1024 pixels (the CNNs' range), got {self.size}")
+        for name, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size),
                             ("--channels", self.channels), ("--max-train-samples", self.max_train_samples)):
             if value is not None and value < 1:
                 raise MedclsError(f"{name} must be at least 1, got {value}")
@@ -91,6 +92,9 @@ class TrainConfig:
                               f"and {self.warmup_epochs}")
         if not 0 <= self.label_smoothing < 1:
             raise MedclsError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        # runs written while refit was decided by the training set's size stored None ("auto"); the CLI
+        # resumes one that did refit as a refit run (its config has a refit section)
+        self.refit = bool(self.refit)
         if self.refit and (self.semi or self.labelled_fraction < 1):
             raise MedclsError("--refit trains again with every label of train + val; it does not go with --semi "
                               "or --labelled-fraction below 1, which hold labels back on purpose")
@@ -122,37 +126,13 @@ class TrainConfig:
             return self.epochs
         return int(min(100, max(4, round(20_000 / max(1, n_train_items)))))
 
-    def refit_for(self, n_train_items: int) -> bool:
-        """``refit``, or when auto: on below 2,000 training items when every label is used.
-
-        Items are what the network trains on, as for ``epochs_for`` and
-        ``batch_for``: images, or the slices (2.5-D stacks) of volumes.
-
-        Small sets are where 14 % more labelled images matter and where a second
-        pass costs little. BreastMNIST (546 + 78 images), AlexNet defaults, seeds
-        0-4 on 2 CPU cores: test AUC 0.878 +- 0.018 (ACC 0.863) from the epoch
-        chosen on validation alone, 0.896 +- 0.015 (ACC 0.873) refit on train +
-        val up to that epoch; higher for every seed (+0.011 to +0.026), about
-        95 s -> 190 s. Larger sets gain less for twice the time, and their short
-        auto schedules (4 epochs for AdrenalMNIST3D's 9,504 slice stacks) can
-        choose an early epoch that a second pass does not reproduce: AlexNet's
-        first pass chose epoch 1 of 4 there and its refit collapsed to the
-        majority class (test AUC 0.816 -> 0.785), while VGG-11-BN's chose 4 of 4
-        and gained (0.810 -> 0.832). A semi-supervised run or a
-        --labelled-fraction baseline keeps labels back on purpose.
-        """
-        if self.refit is not None:
-            return self.refit
-        return self.semi is None and self.labelled_fraction >= 1 and n_train_items < REFIT_AUTO_BELOW
-
     def patience_for(self, epochs: int) -> int:
         """``patience``, or when auto: half the epochs, at least 8.
 
         Under a cosine schedule the validation AUC of a small set keeps rising
         until the learning rate has decayed; a fixed patience of 8 stopped
-        BreastMNIST runs (37 epochs) at epoch 20-24, before that. Over three seeds
-        each on a GPU, half the epochs raised VGG-11-BN's test AUC from
-        0.845 +- 0.014 to 0.858 +- 0.004 and AlexNet's from 0.852 to 0.856.
+        BreastMNIST runs (37 epochs) at epoch 20-24, before that, and chose
+        epochs of lower validation AUC (bench/README.md).
         """
         if self.patience is not None:
             return self.patience

@@ -69,8 +69,8 @@ def _progress(total: int, desc: str):
 def fit(cfg: TrainConfig, resume: bool = False) -> Path:
     """Train a model as configured; write the run folder; return its path.
 
-    With ``refit`` (on by default for small, fully labelled training sets, see
-    ``TrainConfig.refit_for``) training takes two passes, the second pass of
+    With ``refit`` (``--refit``; off by default, see README for the measurement)
+    training takes two passes, the second pass of
     early stopping in Goodfellow, Bengio & Courville (2016, algorithm 7.2): the
     first trains on the training split and chooses the epoch by validation AUC,
     exactly as without ``refit``, and is kept as a run of its own in
@@ -83,7 +83,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path:
     set_threads()
     device = select_device(cfg.device)
     data = prepare_data(cfg)
-    if not cfg.refit_for(len(data.train)):
+    if not cfg.refit:
         if not resume and (folder.selection.config.is_file() or folder.selection.state.is_file()):
             folder.selection.remove()  # an earlier, replaced refit run's first pass
         train_pass(cfg, folder, data, data.train, data.val, device, resume=resume)
