@@ -146,7 +146,9 @@ def _bench(a, argv, work: Path) -> int:
         if old.get("machine", {}).get("cpu") != results["machine"]["cpu"]:
             print(f"note: {previous} was measured on {old['machine'].get('cpu')}; merging anyway")
         kept = old.get("datasets", {})
-        results["datasets"] = {k: v for k, v in kept.items() if k not in a.datasets}
+        # a kept dataset keeps the machine it was measured on (its times are that machine's)
+        results["datasets"] = {k: {**v, "machine": v.get("machine", old.get("machine"))}
+                               for k, v in kept.items() if k not in a.datasets}
     else:
         kept = {}
     for data in a.datasets:
@@ -167,7 +169,7 @@ def _bench(a, argv, work: Path) -> int:
             s["command"] = command
         ours = _merge_rows(kept.get(data), ours)
         results["datasets"][data] = {"majority_rate": maj, "ours": ours, "published": reference_rows(pub, data),
-                                     "command": command}
+                                     "command": command, "machine": results["machine"]}
         _print_table(data, results["datasets"][data])
         order = {d: i for i, d in enumerate(DATASETS)}  # a merged dataset keeps its place in the tables
         results["datasets"] = dict(sorted(results["datasets"].items(), key=lambda kv: order.get(kv[0], len(order))))

@@ -37,13 +37,16 @@ def accuracy_block() -> str:
              "`../shared/reference/published_results.json` with their sources.", ""]
     for data, d in r["datasets"].items():
         default = d.get("command", r["command"])
+        elsewhere = d.get("machine") and _machine(d["machine"]) != _machine(r["machine"])
+        where = f"; measured on {_machine(d['machine'])}" if elsewhere else ""
         commands = list(dict.fromkeys(s.get("command", default) for s in d["ours"].values()))
         if len(commands) == 1:
             lines += [f"**{data}** (a model predicting the majority class scores ACC {d['majority_rate']:.3f}; "
-                      f"`{commands[0]}`)", ""]
+                      f"`{commands[0]}`{where})", ""]
         else:  # rows measured by different runs of the bench (--merge): each row names its command
             lines += [f"**{data}** (a model predicting the majority class scores ACC {d['majority_rate']:.3f}; "
-                      "rows measured by " + "; ".join(f"[{i}] `{c}`" for i, c in enumerate(commands, 1)) + ")", ""]
+                      "rows measured by " + "; ".join(f"[{i}] `{c}`" for i, c in enumerate(commands, 1)) + where + ")",
+                      ""]
         lines += ["| method | AUC | ACC | time |", "|---|---|---|---|"]
         for name, s in d["ours"].items():
             tag = f" [{commands.index(s.get('command', default)) + 1}]" if len(commands) > 1 else ""
@@ -128,7 +131,20 @@ def semi_block() -> str:
     return "\n".join(lines)
 
 
-BLOCKS = {"accuracy": accuracy_block, "speed": speed_block, "semi": semi_block}
+def fuzz_block() -> str:
+    r = _load("fuzz")
+    if r is None:
+        return "not yet run"
+    t = r["total"]
+    fails = "no reader raised anything but a medcls error" if not t["unique_failures"] else \
+        f"{t['unique_failures']} kinds of failure (see bench/results/fuzz.json)"
+    return (f"{t['executions']:,} mutants ({r['examples_per_source']:,} per source file) in {t['seconds']:.0f} s, "
+            f"{fails}, the slowest read {max(x['slowest'] for x in r['sources']):.2f} s, peak memory "
+            f"{t['peak_rss_mib']} MiB "
+            f"(`{r['command'].strip()}` on {_machine(r['machine'])})")
+
+
+BLOCKS = {"accuracy": accuracy_block, "speed": speed_block, "semi": semi_block, "fuzz": fuzz_block}
 
 
 def render(text: str) -> str:

@@ -26,7 +26,7 @@ from sklearn.preprocessing import StandardScaler
 
 from medcls._atomic import atomic_open, write_json
 from medcls._version import __version__
-from medcls.data import load_dataset, run_preparation, subset_items, to_items
+from medcls.data import load_dataset, require_two_classes, run_preparation, subset_items, to_items
 from medcls.errors import MedclsError
 from medcls.evaluate.metrics import compute_metrics
 from medcls.features import make_features
@@ -155,6 +155,7 @@ def run_classical(data: str, *, features: str = "hog", classifier: str = "all", 
         raise MedclsError("the classical pipeline handles binary and multi-class tasks, not multi-label")
     items = {s: to_items(ds, s, volume_mode="slices", volume_slices=volume_slices, channels=1, volume_axis=options.axis)
              for s in ("train", "val", "test") if (ds.splits == s).any()}
+    require_two_classes(ds, items["train"].y)
     prep = run_preparation(ds, options, file_prep, size=int(items["train"].x.shape[-1]), channels=1)
     if quick:
         items["train"] = subset_items(items["train"], 300, seed)

@@ -16,6 +16,7 @@ from typing import Optional
 import typer
 
 from medcls.errors import MedclsError, ReadError, TrainingStopped
+from medcls.io import check_values
 from medcls.modalities import PrepOptions, modality_family
 from medcls.run_folder import RunFolder
 
@@ -27,9 +28,21 @@ def _err(msg: str) -> None:
     typer.echo(f"medcls: error: {msg}", err=True)
 
 
+def _warn(msg: str) -> None:
+    typer.echo(f"medcls: warning: {msg}", err=True)
+
+
 @app.callback()
-def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors.")) -> None:
+def _main(ctx: typer.Context,
+          debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
+          max_pixels: Optional[float] = typer.Option(None, "--max-pixels", help="Largest image or volume to "
+                                                     "decode, in pixel values (rows x columns x frames x samples) "
+                                                     "[default: $MEDCLS_MAX_PIXELS, else 268,435,456].")) -> None:
     """``--debug`` is read by :func:`main` before the command runs."""
+    if max_pixels is not None:
+        from medcls.io import pixel_limit
+
+        ctx.with_resource(pixel_limit(int(max_pixels)))
 
 
 # ---------------------------------------------------------------- info
@@ -58,6 +71,13 @@ def _info_record(arr, meta) -> dict:
     if meta.extra.get("skipped"):
         rec["skipped"] = [{"path": p, "problem": w} for p, w in meta.extra["skipped"]]
     rec["preparation"] = _default_preparation().describe(modality_family(meta.modality), meta.is_volume)
+    notes = list(meta.extra.get("warnings", [])) + list(meta.extra.get("gaps", []))
+    try:  # what predict and training would refuse: said here, the file is still described
+        check_values(arr, meta)
+    except ReadError as exc:
+        notes.append(exc.problem)
+    if notes:
+        rec["warnings"] = notes
     return rec
 
 
@@ -78,7 +98,7 @@ def _info_folder(folder: Path) -> tuple[list[dict], list[tuple[str, str]]]:
             if len(info.files) == 1:
                 arr, meta = read(info.files[0])
             else:
-                arr, meta = read_series(folder, uid)
+                arr, meta = read_series(folder, uid, allow_gaps=True)
                 meta.extra["skipped"] = [s for s in meta.extra.get("skipped", []) if s[0] not in
                                          {p for p, _ in scan.skipped}]
             rec = _info_record(arr, meta)
@@ -122,6 +142,11 @@ def info(paths: list[Path] = typer.Argument(..., help="Image files or DICOM seri
         typer.echo(json.dumps(records, indent=2))
     elif records:
         _print_info_table(records)
+    for rec in records:
+        for w in rec.get("warnings", []):
+            _warn(f"{rec['path']}: {w}")
+        for sk in rec.get("skipped", []):
+            _warn(f"{sk['path']}: {sk['problem']} (slice left out)")
     for p, why in bad:
         _err(f"{p}: {why}")
     if failed:
@@ -168,6 +193,8 @@ def data(spec: str = typer.Argument(..., metavar="PATH_OR_NAME", help="MedMNIST 
         _print_dataset(s)
     for item in s["skipped"]:
         _err(f"{item['path']}: {item['problem']} (skipped)")
+    for w in s["warnings"]:
+        _warn(w)
 
 
 def _dataset_preparation(ds, size: int | None) -> str:
@@ -413,25 +440,27 @@ def evaluate(run: Path = typer.Argument(..., help="Run folder."),
 @app.command()
 def predict(run: Path = typer.Argument(..., help="Run folder."),
             paths: list[Path] = typer.Argument(..., help="Files or folders (PNG/JPEG/DICOM/NIfTI/series)."),
-            as_json: bool = typer.Option(False, "--json"),
+            as_json: bool = typer.Option(False, "--json", help="Print a JSON list: one record per prediction, "
+                                         "failure ('error') or file left out ('skipped')."),
+            allow_gaps: bool = typer.Option(False, "--allow-gaps", help="Predict on a DICOM series with missing or "
+                                            "unreadable slices (refused by default)."),
+            allow_nonfinite: bool = typer.Option(False, "--allow-nonfinite", help="Replace NaN / infinite pixel "
+                                                 "values instead of refusing the image."),
             device: str = typer.Option("auto", "--device")) -> None:
     """Class and probabilities for each file, prepared as in training (volumes: per slice + aggregate)."""
-    from medcls.io import iter_image_files
+    from medcls.io import collect_inputs
     from medcls.runs import load_run
 
     r = load_run(run, device)
-    targets: list = []
-    for p in paths:
-        if p.is_dir() and not _is_series(p):
-            targets += [f for f in iter_image_files(p)]
-        elif p.is_dir():
-            targets += _series_targets(p)
-        else:
-            targets.append(p)
-    results, failed = [], False
-    for res in r.predict_files(targets):
+    targets, left_out = collect_inputs(paths)
+    if not targets:
+        raise MedclsError(f"{', '.join(map(str, paths))}: no image files to predict on"
+                          + (f" ({len(left_out)} file(s) left out, first: {left_out[0][0]}: {left_out[0][1]})"
+                             if left_out else ""))
+    records, failed = [], False
+    for res in r.predict_files(targets, allow_gaps=allow_gaps, allow_nonfinite=allow_nonfinite):
         if isinstance(res, ReadError):
-            _err(str(res))
+            records.append({"path": res.path, "error": res.problem})
             failed = True
             continue
         k = int(res.probs.argmax()) if r.task != "multilabel" else None
@@ -441,38 +470,31 @@ def predict(run: Path = typer.Argument(..., help="Run folder."),
         if len(res.item_probs) > 1:
             rec["items"] = len(res.item_probs)
             rec["per_item"] = [[round(float(v), 6) for v in row] for row in res.item_probs]
-        results.append(rec)
+        if res.warnings:
+            rec["warnings"] = res.warnings
+        if res.skipped:
+            rec["skipped"] = [{"path": p, "problem": why} for p, why in res.skipped]
+        records.append(rec)
+    records += [{"path": p, "skipped": why} for p, why in left_out]
     if as_json:
-        typer.echo(json.dumps(results, indent=2))
-    else:
-        for rec in results:
-            probs = "  ".join(f"{n}={p:.3f}" for n, p in rec["probabilities"].items())
-            extra = f"  ({rec['items']} slices/frames, mean)" if "items" in rec else ""
-            where = f"{rec['path']} [series {rec['series_uid']}]" if "series_uid" in rec else rec["path"]
-            typer.echo(f"{where}: {rec['class']}  {probs}{extra}")
+        typer.echo(json.dumps(records, indent=2))
+    for rec in records:
+        if "error" in rec:
+            _err(f"{rec['path']}: {rec['error']}")
+        elif "skipped" in rec and "class" not in rec:
+            _warn(f"{rec['path']}: {rec['skipped']} (left out)")
+        else:
+            if not as_json:
+                probs = "  ".join(f"{n}={p:.3f}" for n, p in rec["probabilities"].items())
+                extra = f"  ({rec['items']} slices/frames, mean)" if "items" in rec else ""
+                where = f"{rec['path']} [series {rec['series_uid']}]" if "series_uid" in rec else rec["path"]
+                typer.echo(f"{where}: {rec['class']}  {probs}{extra}")
+            for w in rec.get("warnings", []):
+                _warn(f"{rec['path']}: {w}")
+            for sk in rec.get("skipped", []):
+                _warn(f"{sk['path']}: {sk['problem']} (slice left out)")
     if failed:
         raise typer.Exit(2)
-
-
-def _series_targets(folder: Path) -> list:
-    """A DICOM folder to predict on: itself when it holds one series, else each series apart.
-
-    A folder of radiographs holds one single-file series per image: those are
-    predicted file by file; a series of several slices becomes ``(folder, uid)``.
-    """
-    from medcls.io.series import scan_series
-
-    series = scan_series(folder).series
-    if len(series) <= 1:
-        return [folder]
-    return [s.files[0] if len(s.files) == 1 else (folder, uid) for uid, s in series.items()]
-
-
-def _is_series(p: Path) -> bool:
-    from medcls.io.dicom import is_dicom
-
-    files = [f for f in p.iterdir() if f.is_file()]
-    return bool(files) and sum(is_dicom(f) for f in files[:20]) >= max(1, min(len(files), 20) // 2)
 
 
 @app.command()

@@ -9,7 +9,7 @@ dataset or another with the same classes) is here too: it needs a loaded run.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +21,8 @@ from medcls.data import load_dataset, to_items
 from medcls.errors import DataError, MedclsError, ReadError
 from medcls.evaluate import write_outputs
 from medcls.infer import Normaliser, aggregate, predict_items, select_device, to_device_batch
-from medcls.io import read
-from medcls.modalities import Preparation, prepare
+from medcls.io import check_values, read
+from medcls.modalities import Preparation, modality_family, prepare
 from medcls.models import create_model
 from medcls.run_folder import RunConfig, RunFolder
 from medcls.train.checkpoint import load_weights
@@ -37,6 +37,8 @@ class FilePrediction:
     probs: np.ndarray  # aggregated over frames/slices
     item_probs: np.ndarray  # per frame/slice
     series_uid: str | None = None  # which series of a DICOM folder holding several
+    warnings: list[str] = field(default_factory=list)  # what the user should know about this answer
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # slice files of a series left out, and why
 
 
 def load_run(root: str | Path, device: str = "auto"):
@@ -81,12 +83,40 @@ class _Run(abc.ABC):
         return load_dataset(spec, data_dir=data_dir or t.get("data_dir"), size=size, prep=self.preparation,
                             seed=t.get("seed", 0))
 
-    def prepare_file(self, path, series_uid: str | None = None) -> np.ndarray:
-        """A file (or one series of a DICOM folder) as the uint8 items the run's model takes."""
-        arr, meta = read(path, series_uid=series_uid)
+    def prepare_file(self, path, series_uid: str | None = None, *, allow_gaps: bool = False,
+                     allow_nonfinite: bool = False, notes: list[str] | None = None,
+                     skipped: list | None = None) -> np.ndarray:
+        """A file (or one series of a DICOM folder) as the uint8 items the run's model takes.
+
+        Garbage (non-finite or constant pixel data) and volumes with missing slices
+        are refused (:class:`~medcls.errors.ReadError`) unless allowed. ``notes``
+        collects what the answer should be read with: values replaced, slices left
+        out, a modality or channel count the run was not trained on; ``skipped``
+        the slice files a series left out.
+        """
+        arr, meta = read(path, series_uid=series_uid, allow_gaps=allow_gaps)
+        arr = check_values(arr, meta, allow_nonfinite=allow_nonfinite)
+        if notes is not None:
+            notes += meta.extra.get("warnings", []) + meta.extra.get("gaps", [])
+            notes += self._unfamiliar(meta)
+        if skipped is not None:
+            skipped += meta.extra.get("skipped", [])
         return _to_uint8(prepare(arr, meta, self.preparation))
 
-    def predict_files(self, paths) -> list:
+    def _unfamiliar(self, meta) -> list[str]:
+        """How a file differs from what the run was trained on (modality, colour)."""
+        out = []
+        trained = self.preparation.modality if self.preparation.modality != "auto" else None
+        own = modality_family(meta.modality)
+        if trained and own != "other" and own != trained:
+            out.append(f"a {meta.modality} image, prepared as {trained} like the run's training data; the run has "
+                       f"not seen {meta.modality} images")
+        colour = meta.channels == 3
+        if colour and self.preparation.channels == 1:
+            out.append("a colour image, made grey for a model trained on grey images")
+        return out
+
+    def predict_files(self, paths, *, allow_gaps: bool = False, allow_nonfinite: bool = False) -> list:
         """One :class:`FilePrediction` or :class:`~medcls.errors.ReadError` per path, in order.
 
         A path may also be a ``(folder, series_uid)`` pair: one series of a DICOM
@@ -95,13 +125,16 @@ class _Run(abc.ABC):
         out = []
         for p in paths:
             p, uid = p if isinstance(p, tuple) else (p, None)
+            notes: list[str] = []
+            skipped: list = []
             try:
-                items = self.prepare_file(p, uid)
+                items = self.prepare_file(p, uid, allow_gaps=allow_gaps, allow_nonfinite=allow_nonfinite,
+                                          notes=notes, skipped=skipped)
             except ReadError as exc:
                 out.append(exc)
                 continue
             ip = self.predict_items(items)
-            out.append(FilePrediction(str(p), ip.mean(0), ip, uid))
+            out.append(FilePrediction(str(p), ip.mean(0), ip, uid, notes, skipped))
         return out
 
     @abc.abstractmethod
@@ -145,6 +178,7 @@ class CNNRun(_Run):
     def predict_items(self, x: np.ndarray) -> np.ndarray:
         return predict_items(self.model, self._fit_size(x), self.norm, self.device, self.task,
                              tta=self.config.preprocess.tta)
+
 
     def sample_probs(self, ds, split: str) -> tuple[np.ndarray, np.ndarray]:
         d = self.config.data
@@ -212,8 +246,8 @@ class EnsembleRun(_Run):
         outs = [m.sample_probs(ds, split) for m in self.members]
         return np.mean([p for p, _ in outs], axis=0), outs[0][1]
 
-    def predict_files(self, paths) -> list:
-        per = [m.predict_files(paths) for m in self.members]
+    def predict_files(self, paths, *, allow_gaps: bool = False, allow_nonfinite: bool = False) -> list:
+        per = [m.predict_files(paths, allow_gaps=allow_gaps, allow_nonfinite=allow_nonfinite) for m in self.members]
         out = []
         for i in range(len(paths)):
             preds = [p[i] for p in per]
@@ -222,7 +256,8 @@ class EnsembleRun(_Run):
                 continue
             same_items = len({p.item_probs.shape for p in preds}) == 1
             items = np.mean([p.item_probs for p in preds], 0) if same_items else preds[0].item_probs
-            out.append(FilePrediction(preds[0].path, np.mean([p.probs for p in preds], 0), items, preds[0].series_uid))
+            out.append(FilePrediction(preds[0].path, np.mean([p.probs for p in preds], 0), items, preds[0].series_uid,
+                                      preds[0].warnings, preds[0].skipped))
         return out
 
 

@@ -77,7 +77,9 @@ def test_medmnist_round_trip(name, n_test, extra, medmnist_dir, tmp_path, capsys
     (tmp_path / "bad.dcm").write_bytes(b"DICM but not really")
     rc, out, err = run_cli(["predict", run, *files, tmp_path / "bad.dcm", "--json"], capsys)
     recs = json.loads(out)
-    assert rc == 2 and "bad.dcm" in err and len(recs) == 2
+    assert rc == 2 and "bad.dcm" in err and len(recs) == 3
+    assert recs[2]["path"] == str(tmp_path / "bad.dcm") and "unsupported file type" in recs[2]["error"]
+    recs = recs[:2]  # a failure is a record too, after the predictions
     names = json.loads((run / "config.json").read_text())["data"]["class_names"]
     for r in recs:
         assert r["class"] in names and sum(r["probabilities"].values()) == pytest.approx(1, abs=1e-4)

@@ -16,7 +16,7 @@ from medcls.errors import DataError, MedclsError, ReadError
 from medcls.modalities import Preparation, PrepOptions, modality_family
 
 __all__ = ["ImageDataset", "load_dataset", "load_npz_dataset", "load_folder", "load_manifest", "FileEntry",
-           "run_preparation"]
+           "run_preparation", "require_two_classes"]
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -43,6 +43,7 @@ class ImageDataset:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     source: str = ""
     modality_counts: dict[str, int] = field(default_factory=dict)  # files read, per DICOM modality code
+    warnings: list[str] = field(default_factory=list)  # what was accepted but is worth a look
 
     @property
     def from_files(self) -> bool:
@@ -89,7 +90,18 @@ class ImageDataset:
             "channels": self.channels,
             "volume": self.is_volume,
             "skipped": [{"path": p, "problem": why} for p, why in self.skipped],
+            "warnings": list(self.warnings),
         }
+
+
+def require_two_classes(ds: ImageDataset, y: np.ndarray) -> None:
+    """A training split with a single class teaches nothing (and its AUC is undefined): refuse it."""
+    if ds.task == "multilabel" or len(y) == 0:
+        return
+    present = np.unique(y)
+    if len(present) < 2:
+        raise DataError(f"{ds.source}: its training split holds only the class {ds.class_names[int(present[0])]!r}; "
+                        "a classifier needs examples of at least two classes")
 
 
 def run_preparation(ds: ImageDataset, options: PrepOptions, used: Preparation, *, size: int, channels: int,
@@ -138,6 +150,11 @@ def load_npz_dataset(path: str | Path, name: str | None = None) -> ImageDataset:
         ss.extend([s] * len(x))
     x = np.concatenate(xs)
     y = np.concatenate(ys)
+    if x.dtype.kind not in "uif" or x.ndim not in (3, 4):
+        raise DataError(f"{path}: images must be a numeric array (N, H, W[, C]) or (N, D, H, W), got "
+                        f"{x.dtype} {x.shape[1:]}")
+    if x.dtype.kind == "f" and not np.isfinite(x).all():
+        raise DataError(f"{path}: its images hold NaN or infinite values")
     if x.dtype != np.uint8:
         x = np.clip(x, 0, 255).astype(np.uint8)
     is_volume = (info.dims == 3) if info else (x.ndim == 4 and x.shape[-1] not in (1, 3))
@@ -145,12 +162,7 @@ def load_npz_dataset(path: str | Path, name: str | None = None) -> ImageDataset:
         x = x[:, None] if x.ndim == 3 else np.moveaxis(x, -1, 1)
     x = np.ascontiguousarray(x)
     multilabel = (info.task == "multilabel") if info else (y.ndim == 2 and y.shape[1] > 1)
-    if multilabel:
-        labels = y.astype(np.float32)
-        n = labels.shape[1]
-    else:
-        labels = y.reshape(-1).astype(np.int64)
-        n = int(labels.max()) + 1 if info is None else info.n_classes
+    labels, n = _checked_labels(path, y, multilabel, info.n_classes if info else None)
     names = _class_names(info, n)
     task = info.task if info else ("multilabel" if multilabel else ("binary" if n == 2 else "multiclass"))
     return ImageDataset(
@@ -164,6 +176,31 @@ def load_npz_dataset(path: str | Path, name: str | None = None) -> ImageDataset:
         is_volume=is_volume,
         source=str(path),
     )
+
+
+def _checked_labels(path: Path, y: np.ndarray, multilabel: bool, n_classes: int | None) -> tuple[np.ndarray, int]:
+    """Labels as medcls holds them, refused with the reason when they cannot be what they claim."""
+    if y.dtype.kind not in "uifb":
+        raise DataError(f"{path}: labels must be numbers, got {y.dtype}")
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        bad = int((~np.isfinite(y)).any(axis=tuple(range(1, y.ndim))).sum()) if y.ndim > 1 else int((~np.isfinite(y)).sum())
+        raise DataError(f"{path}: {bad} label(s) are NaN or infinite")
+    if multilabel:
+        if not np.isin(y, (0, 1)).all():
+            raise DataError(f"{path}: multi-label labels must be 0 or 1")
+        return y.astype(np.float32), int(y.shape[1])
+    if y.ndim > 1 and y.shape[1] != 1:
+        raise DataError(f"{path}: one label per image expected, got {y.shape[1]} per image")
+    y = y.reshape(-1)
+    if y.dtype.kind == "f" and not np.equal(np.round(y), y).all():
+        raise DataError(f"{path}: class labels must be whole numbers")
+    labels = y.astype(np.int64)
+    if len(labels) and labels.min() < 0:
+        raise DataError(f"{path}: {int((labels < 0).sum())} label(s) are negative; classes are numbered from 0")
+    n = int(labels.max()) + 1 if n_classes is None else n_classes
+    if len(labels) and labels.max() >= n:
+        raise DataError(f"{path}: label {int(labels.max())} is outside this set's {n} classes (0 to {n - 1})")
+    return labels, n
 
 
 def _class_names(info, n: int) -> list[str]:
@@ -190,10 +227,12 @@ class FileEntry:
     patient: str | None = None
 
 
-def list_folder(root: str | Path) -> list[FileEntry]:
-    """``root/<class>/<file>`` or ``root/<split>/<class>/<file>`` (split in train/val/test)."""
-    from medcls.io import iter_image_files
+def list_folder(root: str | Path) -> tuple[list[FileEntry], list[tuple[str, str]]]:
+    """``root/<class>/<file>`` or ``root/<split>/<class>/<file>`` (split in train/val/test).
 
+    Returns:
+        (entries, what was left out and why: files that are not images, FIFOs, ...)
+    """
     root = Path(root)
     try:
         subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -202,24 +241,26 @@ def list_folder(root: str | Path) -> list[FileEntry]:
     if not subdirs:
         raise DataError(f"{root}: no class sub-folders (expected {root}/<class>/<images>)")
     entries: list[FileEntry] = []
+    skipped: list[tuple[str, str]] = []
     if {d.name.lower() for d in subdirs} <= set(SPLIT_NAMES):
         for sd in subdirs:
             for cd in sorted(p for p in sd.iterdir() if p.is_dir()):
-                entries += [FileEntry(f, cd.name, sd.name.lower()) for f in _files_or_series(cd, iter_image_files)]
+                entries += [FileEntry(f, cd.name, sd.name.lower()) for f in _files_or_series(cd, skipped)]
     else:
         for cd in subdirs:
-            entries += [FileEntry(f, cd.name) for f in _files_or_series(cd, iter_image_files)]
+            entries += [FileEntry(f, cd.name) for f in _files_or_series(cd, skipped)]
     if not entries:
         raise DataError(f"{root}: no image files in the class folders")
-    return entries
+    return entries, skipped
 
 
-def _files_or_series(class_dir: Path, lister) -> list[Path]:
+def _files_or_series(class_dir: Path, skipped: list) -> list[Path]:
     """Files of a class folder; a sub-folder of DICOM slices counts as one item (a series)."""
-    out = [p for p in lister(class_dir, recursive=False)]
-    for sub in sorted(p for p in class_dir.iterdir() if p.is_dir()):
-        out.append(sub)
-    return out
+    from medcls.io import list_image_files
+
+    files, left_out = list_image_files(class_dir, recursive=False)
+    skipped += left_out
+    return files + sorted(p for p in class_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 _PATH_COLS = ("path", "file", "filename", "image")
@@ -236,9 +277,12 @@ def list_manifest(csv_path: str | Path) -> tuple[list[FileEntry], list[str] | No
     the manifest's folder.
 
     Returns:
-        (entries, label column names for the one-column-per-label form, else None)
+        (entries, label column names for the one-column-per-label form or None, warnings)
     """
+    from medcls.io import require_regular_file
+
     csv_path = Path(csv_path)
+    require_regular_file(csv_path)
     try:
         text = csv_path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
@@ -265,7 +309,7 @@ def list_manifest(csv_path: str | Path) -> tuple[list[FileEntry], list[str] | No
         label_cols = [c for c in rows[0].keys() if c not in (pcol, scol, gcol)]
         if not label_cols:
             raise DataError(f"{csv_path}: no label column (expected 'label', or one 0/1 column per label)")
-    entries, missing = [], []
+    entries, missing, lines = [], [], []
     for i, r in enumerate(rows, start=2):
         raw = (r.get(pcol) or "").strip()
         if not raw:
@@ -291,15 +335,46 @@ def list_manifest(csv_path: str | Path) -> tuple[list[FileEntry], list[str] | No
             if split is None:
                 raise DataError(f"{csv_path}: line {i}: split must be train, val or test")
         entries.append(FileEntry(p, lab, split or None, (r.get(gcol) or "").strip() or None if gcol else None))
+        lines.append(i)
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise DataError(f"{csv_path}: {len(missing)} listed file(s) do not exist: {', '.join(missing[:3])}{more}")
-    return entries, label_cols
+    kept, notes = _check_entries(csv_path, entries, lines)
+    return kept, label_cols, notes
+
+
+def _check_entries(csv_path: Path, entries: list[FileEntry], lines: list[int]) -> tuple[list[FileEntry], list[str]]:
+    """A manifest's rows checked like data: a file listed twice (with other labels, or in two splits) and
+    a patient in two splits are errors naming the lines; a file listed twice alike is kept once."""
+    first: dict[Path, int] = {}  # resolved path -> index of its first row
+    kept: list[FileEntry] = []
+    notes: list[str] = []
+    for k, (e, line) in enumerate(zip(entries, lines)):
+        j = first.setdefault(e.path.resolve(), k)
+        if j == k:
+            kept.append(e)
+            continue
+        if entries[j].label != e.label:
+            raise DataError(f"{csv_path}: {e.path.name} is listed on lines {lines[j]} and {line} with different "
+                            "labels")
+        if entries[j].split != e.split:
+            raise DataError(f"{csv_path}: {e.path.name} is listed on lines {lines[j]} and {line} in different "
+                            "splits; an image in two splits is trained on and tested on")
+        notes.append(f"{csv_path}: line {line} repeats line {lines[j]} ({e.path.name}); used once")
+    split_of: dict[str, tuple[str | None, int]] = {}
+    for e, line in zip(entries, lines):
+        if e.patient and e.split:
+            seen = split_of.setdefault(e.patient, (e.split, line))
+            if seen[0] != e.split:
+                raise DataError(f"{csv_path}: a patient is in the {seen[0]} split (line {seen[1]}) and the "
+                                f"{e.split} split (line {line}); no patient may be in two splits")
+    return kept, notes
 
 
 def _materialise(entries: list[FileEntry], prep: Preparation, label_cols, name: str, source: str,
-                 seed: int = 0) -> ImageDataset:
-    from medcls.io import read
+                 seed: int = 0, skipped: list[tuple[str, str]] | None = None,
+                 notes: list[str] | None = None) -> ImageDataset:
+    from medcls.io import check_values, read
     from medcls.modalities import prepare
 
     multilabel = label_cols is not None or any(isinstance(e.label, tuple) for e in entries)
@@ -333,12 +408,14 @@ def _materialise(entries: list[FileEntry], prep: Preparation, label_cols, name: 
         file_splits = make_splits(y, groups, seed=seed)
         file_splits = np.array([g or s for g, s in zip(given, file_splits)])
 
-    xs, ys, ss, pids, paths, skipped, modalities = [], [], [], [], [], [], Counter()
+    xs, ys, ss, pids, paths, modalities = [], [], [], [], [], Counter()
+    skipped = list(skipped or [])
+    listed = len(skipped)  # left out when listing; read failures follow
     volume_seen = False
     for e, s in zip(entries, file_splits):
         try:
             arr, meta = read(e.path)
-            x = prepare(arr, meta, prep)
+            x = prepare(check_values(arr, meta), meta, prep)
         except ReadError as exc:
             skipped.append((str(e.path), exc.problem))
             continue
@@ -351,7 +428,8 @@ def _materialise(entries: list[FileEntry], prep: Preparation, label_cols, name: 
         pids.extend([e.patient or ""] * len(q))
         paths.extend([str(e.path)] * len(q))
     if not xs:
-        raise DataError(f"{source}: none of the {len(entries)} files could be read (first: {skipped[0][0]}: {skipped[0][1]})")
+        raise DataError(f"{source}: none of the {len(entries)} files could be read (first: {skipped[listed][0]}: "
+                        f"{skipped[listed][1]})")
     images = np.concatenate(xs)
     labels = np.array(ys, dtype=np.float32 if multilabel else np.int64)
     if not multilabel and (empty := [n for i, n in enumerate(names) if not (labels == i).any()]):
@@ -364,21 +442,23 @@ def _materialise(entries: list[FileEntry], prep: Preparation, label_cols, name: 
         name=name, images=images, labels=labels, splits=np.array(ss), class_names=names, task=task,
         modality=modalities.most_common(1)[0][0], is_volume=False,
         patient_ids=np.array(pids) if any(pids) else None, paths=paths, skipped=skipped, source=source,
-        modality_counts=dict(modalities),
+        modality_counts=dict(modalities), warnings=list(notes or []),
     )
 
 
 def load_folder(root: str | Path, prep: Preparation | None = None, seed: int = 0) -> ImageDataset:
     """A class-per-folder dataset read, prepared and held as uint8."""
     root = Path(root)
-    return _materialise(list_folder(root), prep or Preparation(), None, root.name, str(root), seed)
+    entries, skipped = list_folder(root)
+    return _materialise(entries, prep or Preparation(), None, root.name, str(root), seed, skipped)
 
 
 def load_manifest(csv_path: str | Path, prep: Preparation | None = None, seed: int = 0) -> ImageDataset:
     """A CSV/TSV manifest dataset read, prepared and held as uint8."""
     csv_path = Path(csv_path)
-    entries, label_cols = list_manifest(csv_path)
-    return _materialise(entries, prep or Preparation(), label_cols, csv_path.stem, str(csv_path), seed)
+    entries, label_cols, notes = list_manifest(csv_path)
+    return _materialise(entries, prep or Preparation(), label_cols, csv_path.stem, str(csv_path), seed,
+                        notes=notes)
 
 
 def load_dataset(spec: str | Path, *, data_dir: str | Path | None = None, size: int | None = None,
@@ -402,7 +482,12 @@ def load_dataset(spec: str | Path, *, data_dir: str | Path | None = None, size: 
             return load_folder(p, prep, seed)
         low = p.name.lower()
         if low.endswith(".npz"):
-            return load_npz_dataset(p)
+            ds = load_npz_dataset(p)
+            if size is not None and tuple(ds.image_shape[-2:]) != (size, size):
+                raise DataError(f"{p}: its images are {' x '.join(map(str, ds.image_shape))}, so --size {size} "
+                                "cannot apply; a MedMNIST set of another size is another file (e.g. "
+                                "breastmnist_64)")
+            return ds
         if low.endswith((".csv", ".tsv", ".txt")):
             prep = prep or Preparation(size=size or 64)
             return load_manifest(p, prep, seed)

@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from medcls.errors import ReadError
+from medcls.io.limits import check_pixels, max_pixels, not_regular_reason, pixel_limit, require_regular_file
 from medcls.io.meta import ImageMeta
 
-__all__ = ["read", "ImageMeta", "detect_format", "iter_image_files", "IMAGE_SUFFIXES"]
+__all__ = ["read", "ImageMeta", "detect_format", "iter_image_files", "list_image_files", "IMAGE_SUFFIXES",
+           "max_pixels", "pixel_limit", "check_pixels", "require_regular_file", "check_values", "collect_inputs"]
 
 IMAGE_SUFFIXES = {".dcm", ".dicom", ".nii", ".gz", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npz", ".ima"}
 
@@ -30,8 +32,7 @@ def detect_format(path: str | Path) -> str:
     p = Path(path)
     if p.is_dir():
         return "dicom-series"
-    if not p.exists():
-        raise ReadError(p, "no such file or folder")
+    require_regular_file(p)  # a FIFO would block the open below for ever
     try:
         size = p.stat().st_size
         with open(p, "rb") as fh:
@@ -60,17 +61,17 @@ def detect_format(path: str | Path) -> str:
 
 def is_dicom_without_preamble(path: Path) -> bool:
     """Old files without the 128-byte preamble: let pydicom try with force."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
+    from medcls.io.dicom import read_header
 
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError, AttributeError):
+        ds = read_header(path, force=True)
+    except ReadError:
         return False
     return len(ds) > 0 and ("SOPClassUID" in ds or "Rows" in ds)
 
 
-def read(path: str | Path, *, apply_voi: bool = False, series_uid: str | None = None) -> tuple[np.ndarray, ImageMeta]:
+def read(path: str | Path, *, apply_voi: bool = False, series_uid: str | None = None,
+         allow_gaps: bool = False) -> tuple[np.ndarray, ImageMeta]:
     """Read an image file or DICOM series folder.
 
     Args:
@@ -78,6 +79,8 @@ def read(path: str | Path, *, apply_voi: bool = False, series_uid: str | None = 
             PNG/JPEG/TIFF/BMP, or a MedMNIST ``.npz``.
         apply_voi: DICOM only: apply the file's VOI LUT / window too.
         series_uid: DICOM folders only: which series, if there are several.
+        allow_gaps: DICOM folders only: return a volume with missing or unreadable
+            slices instead of refusing it (``meta.extra["gaps"]`` says where).
 
     Returns:
         ``(array, meta)``. Grey 2-D ``(H, W)``; colour ``(H, W, 3)`` RGB; frames
@@ -86,8 +89,10 @@ def read(path: str | Path, *, apply_voi: bool = False, series_uid: str | None = 
         MONOCHROME1 is inverted. ``meta`` never holds patient identifiers.
 
     Raises:
-        ReadError: the file is missing, empty, truncated, corrupt or unsupported;
-            the message names the file and the problem.
+        ReadError: the file is missing, empty, truncated, corrupt, unsupported,
+            not a regular file, or larger than the pixel budget
+            (:func:`medcls.io.limits.max_pixels`); the message names the file and
+            the problem.
     """
     fmt = detect_format(path)
     if fmt in ("dicom", "dicom-raw"):
@@ -97,7 +102,7 @@ def read(path: str | Path, *, apply_voi: bool = False, series_uid: str | None = 
     if fmt == "dicom-series":
         from medcls.io.series import read_series
 
-        return read_series(path, series_uid=series_uid)
+        return read_series(path, series_uid=series_uid, allow_gaps=allow_gaps)
     if fmt == "nifti":
         from medcls.io.nifti import read_nifti
 
@@ -111,15 +116,111 @@ def read(path: str | Path, *, apply_voi: bool = False, series_uid: str | None = 
     return read_raster(path)
 
 
-def iter_image_files(folder: str | Path, recursive: bool = True) -> list[Path]:
-    """Image-like files under ``folder`` (by suffix, plus suffix-less files), sorted."""
+def _is_image_name(p: Path) -> bool:
+    suf = p.suffix.lower()
+    return suf in IMAGE_SUFFIXES or suf == "" or p.name.lower().endswith(".nii.gz")
+
+
+def list_image_files(folder: str | Path, recursive: bool = True) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Image-like files under ``folder`` (by suffix, plus suffix-less files), sorted, and what was left out.
+
+    Symbolic links are followed, but a folder reached twice (a link loop) is
+    listed once; FIFOs, devices and sockets are never opened. Hidden files are
+    ignored; anything else left out is returned with its reason.
+    """
+    import os
+
     folder = Path(folder)
-    it = folder.rglob("*") if recursive else folder.iterdir()
-    out = []
-    for p in it:
-        if not p.is_file() or p.name.startswith("."):
+    files: list[Path] = []
+    skipped: list[tuple[str, str]] = []
+    seen: set[tuple[int, int]] = set()
+    for here, dirs, names in os.walk(folder, followlinks=True, onerror=lambda e: skipped.append(
+            (str(e.filename), f"cannot list folder ({e.strerror or e})"))):
+        st = os.stat(here)
+        if (st.st_dev, st.st_ino) in seen:
+            skipped.append((here, "a folder already listed (symbolic link loop)"))
+            dirs[:] = []
             continue
-        suf = p.suffix.lower()
-        if suf in IMAGE_SUFFIXES or suf == "" or p.name.lower().endswith(".nii.gz"):
-            out.append(p)
-    return sorted(out)
+        seen.add((st.st_dev, st.st_ino))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
+        for name in sorted(names):
+            p = Path(here) / name
+            if name.startswith("."):
+                continue
+            why = not_regular_reason(p)
+            if why is not None:
+                skipped.append((str(p), why))
+            elif _is_image_name(p):
+                files.append(p)
+            else:
+                skipped.append((str(p), f"not an image file (suffix {p.suffix})"))
+    return sorted(files), skipped
+
+
+def collect_inputs(paths) -> tuple[list, list[tuple[str, str]]]:
+    """What there is to predict on among the files and folders a user named, and what was left out, with why.
+
+    A file is itself. A folder (and each sub-folder) gives each DICOM series it
+    holds — the folder itself when it holds one series of several slices, a
+    ``(folder, series_uid)`` pair each when it holds several, the file for a
+    single-file series (a folder of radiographs) — and each other image file
+    (PNG, NIfTI, ...) in it.
+    """
+    from medcls.io.series import scan_series
+
+    targets: list = []
+    skipped: list[tuple[str, str]] = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            targets.append(p)
+            continue
+        files, left_out = list_image_files(p, recursive=True)
+        skipped += left_out
+        listed = {str(f) for f in files}
+        for d in sorted({f.parent for f in files}):
+            scan = scan_series(d)
+            multi = [(uid, s) for uid, s in scan.series.items() if len(s.files) > 1]
+            for uid, s in scan.series.items():
+                if len(s.files) == 1:
+                    targets.append(s.files[0])
+                else:
+                    targets.append(d if len(multi) == 1 else (d, uid))
+            for f, why in scan.skipped:
+                if f not in listed:
+                    continue  # a hidden file, or one already listed as left out
+                if why == "not a DICOM file":
+                    targets.append(Path(f))  # another kind of image: its own reader decides
+                else:
+                    skipped.append((f, why))
+    return targets, skipped
+
+
+def iter_image_files(folder: str | Path, recursive: bool = True) -> list[Path]:
+    """Image-like files under ``folder`` (see :func:`list_image_files`, whose skipped list this drops)."""
+    return list_image_files(folder, recursive)[0]
+
+
+def check_values(arr: np.ndarray, meta: ImageMeta, allow_nonfinite: bool = False) -> np.ndarray:
+    """Refuse pixel data no classifier should see: non-finite values (NaN, inf) or one constant value.
+
+    Args:
+        allow_nonfinite: replace NaN and inf by the finite minimum (maximum for +inf)
+            and note it in ``meta.extra["warnings"]`` instead of refusing.
+
+    Raises:
+        ReadError: the values are garbage; the message says which kind.
+    """
+    if arr.dtype.kind == "f":
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            finite = arr[~bad]
+            share = f"{bad.mean():.0%}" if bad.mean() >= 0.01 else f"{int(bad.sum())}"
+            if not allow_nonfinite or finite.size == 0:
+                more = "" if finite.size == 0 else " (--allow-nonfinite replaces them)"
+                raise ReadError(meta.path, f"{share} of its pixel values are not finite (NaN or infinite) after the "
+                                           f"modality rescale; refusing to classify it{more}")
+            arr = np.nan_to_num(arr, nan=float(finite.min()), posinf=float(finite.max()), neginf=float(finite.min()))
+            meta.extra.setdefault("warnings", []).append(f"{share} non-finite pixel values replaced")
+    if arr.size and arr.min() == arr.max():
+        raise ReadError(meta.path, "every pixel has the same value: no image to classify")
+    return arr

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from medcls.errors import ReadError
+from medcls.io.limits import check_pixels, require_regular_file
 from medcls.io.meta import ImageMeta
 
 __all__ = ["read_raster", "RASTER_SUFFIXES"]
@@ -41,9 +44,21 @@ def read_raster(path: str | Path) -> tuple[np.ndarray, ImageMeta]:
     from PIL import Image, ImageSequence, UnidentifiedImageError
 
     path = Path(path)
+    require_regular_file(path)
     try:
-        with Image.open(path) as im:
+        # Pillow's own bomb guard (a warning above MAX_IMAGE_PIXELS, an error above twice that) gives way
+        # to medcls's budget, checked from the header just below: opening decodes nothing
+        guard, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            im_ctx = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = guard
+        with im_ctx as im:
             fmt = (im.format or RASTER_SUFFIXES.get(path.suffix.lower(), "raster")).lower()
+            n_frames = int(getattr(im, "n_frames", 1) or 1)
+            check_pixels(path, im.width * im.height * len(im.getbands()) * n_frames,
+                         f"its header's {im.width} x {im.height} pixels x {len(im.getbands())} band(s) x "
+                         f"{n_frames} frame(s)")
             frames = []
             photometric, bits = "MONOCHROME2", 8
             for frame in ImageSequence.Iterator(im):
@@ -56,8 +71,9 @@ def read_raster(path: str | Path) -> tuple[np.ndarray, ImageMeta]:
         if magic.startswith((b"\x89PNG", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM")):
             raise ReadError(path, "corrupt or truncated image (header unreadable)") from exc
         raise ReadError(path, "not an image Pillow can identify (PNG/JPEG/TIFF/BMP expected)") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ReadError(path, f"corrupt or truncated image ({exc})") from exc
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError, struct.error,
+            zlib.error) as exc:
+        raise ReadError(path, f"corrupt or truncated image ({type(exc).__name__}: {exc})") from exc
     if not frames:
         raise ReadError(path, "image has no frames")
     arr = frames[0] if len(frames) == 1 else np.stack(frames)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medcls.data import ImageDataset, Items, load_dataset, run_preparation, subset_items, to_items
+from medcls.data import ImageDataset, Items, load_dataset, require_two_classes, run_preparation, subset_items, to_items
 from medcls.errors import DataError, MedclsError
 from medcls.modalities import Preparation
 
@@ -21,7 +21,7 @@ class TrainingData:
     train: Items
     val: Items
     preparation: Preparation  # what ``predict`` applies to a file to give what training saw
-    task: str  # binary | multiclass | multilabel (an ordinal set trains as multi-class)
+    task: str  # binary | multiclass | multilabel | ordinal (trained and scored as multi-class)
     volume_mode: str  # how volumes became items: slices | 2.5d
 
     @property
@@ -57,7 +57,8 @@ def prepare_data(cfg) -> TrainingData:
         items["train"] = Items(tr.x[~held], tr.y[~held], tr.sample[~held])
     prep = run_preparation(ds, options, file_prep, size=int(items["train"].x.shape[-1]), channels=channels,
                            volume_mode=volume_mode)
-    task = ds.task if ds.task != "ordinal" else "multiclass"
+    require_two_classes(ds, items["train"].y)
+    task = ds.task
     if cfg.semi and task == "multilabel":
         raise MedclsError("semi-supervised training supports binary and multi-class tasks, not multi-label")
     train = subset_items(items["train"], cfg.max_train_samples, cfg.seed)

@@ -83,6 +83,7 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path:
     set_threads()
     device = select_device(cfg.device)
     data = prepare_data(cfg)
+    _report_left_out(data)
     if not cfg.refit:
         if not resume and (folder.selection.config.is_file() or folder.selection.state.is_file()):
             folder.selection.remove()  # an earlier, replaced refit run's first pass
@@ -105,6 +106,20 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path:
     # the first pass is finished and superseded: its resume state (~0.4 GB for AlexNet at 28 px) can go
     folder.selection.drop_resume_state()
     return folder.root
+
+
+def _report_left_out(data: TrainingData, show: int = 20) -> None:
+    """Every file the dataset left out, and every warning about it, on stderr: nothing skipped in silence."""
+    import sys
+
+    ds = data.ds
+    for path, why in ds.skipped[:show]:
+        print(f"medcls: warning: {path}: {why} (left out)", file=sys.stderr, flush=True)
+    if len(ds.skipped) > show:
+        print(f"medcls: warning: {len(ds.skipped) - show} more files left out (`medcls data {ds.source}` lists "
+              "them all)", file=sys.stderr, flush=True)
+    for w in ds.warnings:
+        print(f"medcls: warning: {w}", file=sys.stderr, flush=True)
 
 
 def choose_epoch(history: list[dict], schedule: Schedule, data: TrainingData) -> Refit:
