@@ -6,8 +6,8 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "medcls"
 
 # Each part of the package and its layer: a module may import its own part and any lower layer.
-# files -> io -> modalities -> data -> features / models -> infer / run folder -> evaluate
-#       -> train / classical -> runs -> cluster -> cli (and the package's facade)
+# files -> io -> modalities -> data -> features / models -> infer / run folder / explain -> evaluate
+#       -> train / classical -> runs -> cluster / explain_run -> cli (and the package's facade)
 LAYERS = {
     "medcls.errors": 0, "medcls._version": 0,
     "medcls._atomic": 1,  # atomic writes, raising errors' WriteError
@@ -15,11 +15,11 @@ LAYERS = {
     "medcls.modalities": 3,
     "medcls.data": 4,
     "medcls.features": 5, "medcls.models": 5,
-    "medcls.infer": 6, "medcls.run_folder": 6,
+    "medcls.infer": 6, "medcls.run_folder": 6, "medcls.explain": 6,
     "medcls.evaluate": 7,
     "medcls.train": 8, "medcls.classical": 8,
     "medcls.runs": 9,
-    "medcls.cluster": 10,
+    "medcls.cluster": 10, "medcls.explain_run": 10,
     "medcls.cli": 11, "medcls": 11,
 }
 # Narrower than the layers allow: a network knows nothing of files or datasets (torchvision's models/

@@ -446,17 +446,21 @@ def predict(run: Path = typer.Argument(..., help="Run folder."),
                                             "unreadable slices (refused by default)."),
             allow_nonfinite: bool = typer.Option(False, "--allow-nonfinite", help="Replace NaN / infinite pixel "
                                                  "values instead of refusing the image."),
+            explain_dir: Optional[Path] = typer.Option(None, "--explain", help="Also write a heat map (PNG + "
+                                                       "JSON) of each prediction into this folder, as `medcls "
+                                                       "explain` does."),
+            method: str = typer.Option("gradcam", "--method", help="With --explain: gradcam | gradcam++ | "
+                                       "occlusion | ig."),
             device: str = typer.Option("auto", "--device")) -> None:
     """Class and probabilities for each file, prepared as in training (volumes: per slice + aggregate)."""
-    from medcls.io import collect_inputs
     from medcls.runs import load_run
 
     r = load_run(run, device)
-    targets, left_out = collect_inputs(paths)
-    if not targets:
-        raise MedclsError(f"{', '.join(map(str, paths))}: no image files to predict on"
-                          + (f" ({len(left_out)} file(s) left out, first: {left_out[0][0]}: {left_out[0][1]})"
-                             if left_out else ""))
+    targets, left_out = _inputs(paths, "predict on")
+    if explain_dir is not None:
+        from medcls.explain_run import check_explainable
+
+        check_explainable(r)  # refused before any work is done
     records, failed = [], False
     for res in r.predict_files(targets, allow_gaps=allow_gaps, allow_nonfinite=allow_nonfinite):
         if isinstance(res, ReadError):
@@ -493,6 +497,82 @@ def predict(run: Path = typer.Argument(..., help="Run folder."),
                 _warn(f"{rec['path']}: {w}")
             for sk in rec.get("skipped", []):
                 _warn(f"{sk['path']}: {sk['problem']} (slice left out)")
+    if explain_dir is not None:
+        from medcls.explain_run import FileExplanation, explain_files
+
+        done = [t for t, rec in zip(targets, records) if "error" not in rec]
+        for res in explain_files(r, done, explain_dir, method, allow_gaps=allow_gaps,
+                                 allow_nonfinite=allow_nonfinite):
+            if isinstance(res, FileExplanation):
+                typer.echo(f"{res.path}: heat map {res.figure}", err=as_json)
+    if failed:
+        raise typer.Exit(2)
+
+
+def _inputs(paths: list[Path], what: str):
+    """The files and series behind ``paths``, and those left out; an error when nothing is left."""
+    from medcls.io import collect_inputs
+
+    targets, left_out = collect_inputs(paths)
+    if not targets:
+        raise MedclsError(f"{', '.join(map(str, paths))}: no image files to {what}"
+                          + (f" ({len(left_out)} file(s) left out, first: {left_out[0][0]}: {left_out[0][1]})"
+                             if left_out else ""))
+    return targets, left_out
+
+
+@app.command()
+def explain(run: Path = typer.Argument(..., help="Run folder (a CNN run)."),
+            paths: list[Path] = typer.Argument(..., help="Files or folders (PNG/JPEG/DICOM/NIfTI/series)."),
+            out: Path = typer.Option(..., "--out", help="Folder for one PNG + JSON per input."),
+            method: str = typer.Option("gradcam", "--method", help="gradcam | gradcam++ | occlusion | ig"),
+            target: Optional[str] = typer.Option(None, "--target", help="Class to explain, by name or index "
+                                                 "[default: the predicted class]."),
+            layer: Optional[str] = typer.Option(None, "--layer", help="Grad-CAM layer by dotted name [default: the "
+                                                "model's own]."),
+            top: int = typer.Option(3, "--top", help="Volumes and multi-frame files: how many of the most decisive "
+                                    "slices the figure shows."),
+            sanity: bool = typer.Option(False, "--sanity", help="Also print the model-randomisation test: rank "
+                                        "correlation of the maps with those of the same network re-initialised."),
+            allow_gaps: bool = typer.Option(False, "--allow-gaps", help="As for predict."),
+            allow_nonfinite: bool = typer.Option(False, "--allow-nonfinite", help="As for predict."),
+            device: str = typer.Option("auto", "--device")) -> None:
+    """Heat maps (Grad-CAM, Grad-CAM++, occlusion, integrated gradients) over each image as it is in the file."""
+    from medcls.explain_run import FileExplanation, explain_files
+    from medcls.explain_run import sanity as sanity_check
+    from medcls.runs import load_run
+
+    r = load_run(run, device)
+    targets, left_out = _inputs(paths, "explain")
+    failed = False
+    explained = []
+    results = explain_files(r, targets, out, method, target, layer=layer, top=top, allow_gaps=allow_gaps,
+                            allow_nonfinite=allow_nonfinite)
+    for t, res in zip(targets, results):
+        if isinstance(res, ReadError):
+            _err(str(res))
+            failed = True
+            continue
+        rec = res.record
+        peak = rec["peak"]
+        where = ", ".join(f"{k} {v}" for k, v in peak.items() if k != "probability")
+        typer.echo(f"{res.path}: {rec['class']} ({max(rec['probabilities'].values()):.3f}); "
+                   f"{rec['explained']} map peaks at {where} -> {res.figure}")
+        for w in res.warnings:
+            _warn(f"{res.path}: {w}")
+        explained.append(t)
+    for p, why in left_out:
+        _warn(f"{p}: {why} (left out)")
+    if sanity and explained:
+        import numpy as np
+
+        items = np.concatenate([r.prepare_file(*(t if isinstance(t, tuple) else (t, None)), allow_gaps=allow_gaps,
+                                               allow_nonfinite=allow_nonfinite) for t in explained[:16]])
+        rho = sanity_check(r, items, method, layer=layer)
+        verdict = "low: the maps depend on what the network learned" if abs(rho) < 0.5 else \
+            "HIGH: the maps barely change when the weights are re-drawn; do not read them as explanations"
+        typer.echo(f"sanity (Adebayo et al. 2018): rank correlation of {method} maps, trained vs re-initialised "
+                   f"weights, over {min(len(items), 16)} images: {rho:.3f} ({verdict})")
     if failed:
         raise typer.Exit(2)
 

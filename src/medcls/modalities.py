@@ -16,7 +16,7 @@ import numpy as np
 from medcls.errors import MedclsError
 
 __all__ = [
-    "HU_WINDOWS", "MODALITIES", "ModalityInfo", "FAMILIES", "VOLUME_AXES", "Preparation", "window",
+    "HU_WINDOWS", "MODALITIES", "for_display", "ModalityInfo", "FAMILIES", "VOLUME_AXES", "Preparation", "window",
     "percentile_window", "clahe", "to_grey", "content_box", "crop_to_content", "ct_windows", "zscore_in_body",
     "percentile_in_body", "body_mask", "stack_channels", "volume_slices", "slices_25d", "resize", "prepare",
     "modality_family", "mirror_safe", "PrepOptions", "MR_NORMS",
@@ -358,14 +358,7 @@ def _prepare_2d(img: np.ndarray, meta_window, family: str, prep: Preparation) ->
         chans = ct_windows(img, prep.ct_windows)
         chans = np.stack([resize(c, prep.size) for c in chans])
     else:
-        if family == "mr":
-            x = percentile_in_body(img) if prep.mr_norm == "percentile" else _squash(zscore_in_body(img))
-        elif prep.use_file_window and meta_window is not None:
-            x = window(img, *meta_window)
-        elif img.dtype == np.uint8:
-            x = np.asarray(img, dtype=np.float32) / 255.0
-        else:
-            x = percentile_window(img)
+        x = _grey_01(img, meta_window, family, prep)
         if family == "xray" and prep.clahe:
             x = clahe(x)
         if family == "us" and prep.crops_ultrasound:
@@ -378,6 +371,38 @@ def _prepare_2d(img: np.ndarray, meta_window, family: str, prep: Preparation) ->
     if prep.channels == 1:
         return chans.mean(0, keepdims=True)
     raise MedclsError(f"preparation makes {chans.shape[0]} channels but the model takes {prep.channels}")
+
+
+def _grey_01(img: np.ndarray, meta_window, family: str, prep: Preparation) -> np.ndarray:
+    """A grey image (not CT) to [0, 1] as its family is normalised, before any crop or resize."""
+    if family == "mr":
+        return percentile_in_body(img) if prep.mr_norm == "percentile" else _squash(zscore_in_body(img))
+    if prep.use_file_window and meta_window is not None:
+        return window(img, *meta_window)
+    if img.dtype == np.uint8:
+        return np.asarray(img, dtype=np.float32) / 255.0
+    return percentile_window(img)
+
+
+def for_display(img: np.ndarray, meta_window, family: str,
+                prep: Preparation) -> tuple[np.ndarray, tuple[int, int, int, int] | None]:
+    """One 2-D image as a reader knows it, in [0, 1] at its own size, and the box training cropped to.
+
+    The display is what :func:`prepare` computes before cropping and resizing
+    (a CT in its first HU window, an X-ray in its window, without CLAHE); the box
+    ``(row0, col0, row1, col1)`` is the ultrasound scan sector the model saw, or
+    ``None`` when it saw the whole image. A map at the model's input size
+    resized into that box lies on the file's own pixel grid.
+    """
+    colour = img.ndim == 3 and img.shape[-1] == 3
+    if colour:
+        x = np.asarray(img, dtype=np.float32) / (255.0 if img.dtype == np.uint8 or img.max() > 1 else 1.0)
+    elif family == "ct":
+        x = window(img, *HU_WINDOWS[prep.ct_windows[0]])
+    else:
+        x = _grey_01(img, meta_window, family, prep)
+    box = content_box(x) if family == "us" and prep.crops_ultrasound else None
+    return np.clip(x, 0, 1), box
 
 
 def _squash(z: np.ndarray) -> np.ndarray:

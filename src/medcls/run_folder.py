@@ -56,6 +56,7 @@ class RunFolder:
     roc = property(lambda self: self.root / "roc.png")
     confusion = property(lambda self: self.root / "confusion.png")
     calibration = property(lambda self: self.root / "calibration.png")
+    gallery = property(lambda self: self.root / "gallery.png")
     curves = property(lambda self: self.root / "curves.png")
     pipeline = property(lambda self: self.root / "model.skops")  # a classical run's fitted pipeline
     comparison = property(lambda self: self.root / "comparison.json")  # a classical run's classifiers side by side

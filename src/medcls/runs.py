@@ -94,14 +94,20 @@ class _Run(abc.ABC):
         out, a modality or channel count the run was not trained on; ``skipped``
         the slice files a series left out.
         """
-        arr, meta = read(path, series_uid=series_uid, allow_gaps=allow_gaps)
-        arr = check_values(arr, meta, allow_nonfinite=allow_nonfinite)
+        arr, meta = self.read_file(path, series_uid, allow_gaps=allow_gaps, allow_nonfinite=allow_nonfinite)
         if notes is not None:
             notes += meta.extra.get("warnings", []) + meta.extra.get("gaps", [])
             notes += self._unfamiliar(meta)
         if skipped is not None:
             skipped += meta.extra.get("skipped", [])
         return _to_uint8(prepare(arr, meta, self.preparation))
+
+    @staticmethod
+    def read_file(path, series_uid: str | None = None, *, allow_gaps: bool = False,
+                  allow_nonfinite: bool = False):
+        """``medcls.read`` with the values checked as :meth:`prepare_file` checks them: ``(array, meta)``."""
+        arr, meta = read(path, series_uid=series_uid, allow_gaps=allow_gaps)
+        return check_values(arr, meta, allow_nonfinite=allow_nonfinite), meta
 
     def _unfamiliar(self, meta) -> list[str]:
         """How a file differs from what the run was trained on (modality, colour)."""
@@ -179,12 +185,55 @@ class CNNRun(_Run):
         return predict_items(self.model, self._fit_size(x), self.norm, self.device, self.task,
                              tta=self.config.preprocess.tta)
 
+    def inputs(self, x: np.ndarray) -> torch.Tensor:
+        """uint8 items as the normalised float batch the model takes, on its device."""
+        x = self._fit_size(x)
+        return self.norm(to_device_batch(x, np.arange(len(x)), self.device))
 
-    def sample_probs(self, ds, split: str) -> tuple[np.ndarray, np.ndarray]:
+    def sample_probs(self, ds, split: str, keep: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """As for every run; ``keep`` (a dict) also receives the items and their probabilities."""
         d = self.config.data
         a = to_items(ds, split, volume_mode=d.volume_mode, volume_slices=d.volume_slices,
                      channels=self.config.model.in_channels, volume_axis=d.volume_axis)
-        return aggregate(self.predict_items(a.x), a.sample, a.y)
+        probs = self.predict_items(a.x)
+        if keep is not None:
+            keep.update(items=a.x, probs=probs, y=a.y)
+        return aggregate(probs, a.sample, a.y)
+
+    def write_gallery(self, items: np.ndarray, probs: np.ndarray, y: np.ndarray, per: int = 2) -> bool:
+        """``gallery.png``: Grad-CAM over the most confident correct answers and errors of each class.
+
+        Binary and multi-class runs; a multi-label run has no single answer per image to be wrong about.
+        """
+        from medcls.evaluate.plots import plot_saliency
+        from medcls.explain import explain
+
+        if self.task == "multilabel" or len(items) == 0:
+            return False
+        pred, conf = probs.argmax(1), probs.max(1)
+        y = np.asarray(y).reshape(-1).astype(int)
+        picked, captions = [], []
+        for k, name in enumerate(self.class_names):
+            for correct in (True, False):
+                idx = np.flatnonzero((pred == k) & ((y == k) == correct))
+                for i in idx[np.argsort(-conf[idx], kind="stable")][:per]:
+                    picked.append(int(i))
+                    truth = "" if correct else f", truly {self.class_names[y[i]]}"
+                    captions.append(f"{'right' if correct else 'WRONG'}: {name} {conf[i]:.2f}{truth}")
+        if not picked:
+            return False
+        e = explain(self, items[picked], "gradcam", target=pred[picked][:, None])  # (N, 1): one target each
+        panels = []
+        for j, i in enumerate(picked):
+            img = items[i].astype(np.float32) / 255.0
+            shown = np.moveaxis(img, 0, -1) if img.shape[0] == 3 else img[img.shape[0] // 2]
+            heat = e.maps[j]
+            if heat.shape != shown.shape[:2]:
+                heat = F.interpolate(torch.from_numpy(heat)[None, None], size=shown.shape[:2], mode="bilinear",
+                                     align_corners=False)[0, 0].numpy()
+            panels.append((shown, heat, captions[j]))
+        plot_saliency(panels, self.folder.gallery, f"Grad-CAM at {e.layer}, test split", columns=4)
+        return True
 
     def embed(self, x: np.ndarray) -> np.ndarray:
         """Penultimate-layer features (for clustering on a trained network)."""
@@ -301,9 +350,13 @@ def evaluate_run(root: str | Path, data: str | None = None, splits=("test",), de
                             f"data; the validation metrics of its first pass are in {run.folder.selection.metrics}")
         raise DataError(f"{run.root} averages a run trained again on train + val (refit), so its val split is "
                         "training data")
-    results = {s: run.sample_probs(ds, s) for s in splits if (ds.splits == s).any()}
+    kept: dict = {}
+    results = {s: run.sample_probs(ds, s, **({"keep": kept} if s == "test" and isinstance(run, CNNRun) else {}))
+               for s in splits if (ds.splits == s).any()}
     if not results:
         raise DataError(f"{ds.source}: no {', '.join(splits)} split to evaluate on")
+    if kept:
+        run.write_gallery(kept["items"], kept["probs"], kept["y"])
     return write_outputs(run.folder, run.config, results, ds.name)
 
 

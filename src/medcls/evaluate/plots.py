@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_roc", "plot_confusion", "plot_reliability", "plot_curves", "plot_embedding"]
+__all__ = ["plot_roc", "plot_confusion", "plot_reliability", "plot_curves", "plot_embedding", "plot_saliency"]
 
 
 def _fig():
@@ -128,5 +128,38 @@ def plot_embedding(xy: np.ndarray, colour, path: Path, title: str, legend_names=
         ax.scatter(xy[m, 0], xy[m, 1], s=6, alpha=0.7, label=name)
     ax.set_title(title)
     ax.legend(markerscale=3, fontsize=8)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_saliency(panels: list[tuple[np.ndarray, np.ndarray, str]], path: Path, title: str = "",
+                  alpha: float = 0.45, columns: int | None = None) -> None:
+    """Heat maps over images, one panel each, with one colour bar.
+
+    ``panels``: ``(image, map, caption)``; the image grey ``(H, W)`` or RGB
+    ``(H, W, 3)`` in [0, 1] as a reader knows it, the map ``(H, W)`` in [0, 1] on
+    the same pixel grid, so pixel coordinates read off the figure are the file's.
+    """
+    plt = _fig()
+    n = len(panels)
+    cols = min(n, columns or n)
+    rows = -(-n // cols)
+    side = 4.2 if cols <= 3 else 2.6
+    fig, axes = plt.subplots(rows, cols, figsize=(side * cols + 0.6, (side + 0.3) * rows), squeeze=False)
+    im = None
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for ax, (img, heat, caption) in zip(axes.flat, panels):
+        h, w = heat.shape
+        ax.imshow(img, cmap=None if img.ndim == 3 else "gray", vmin=0, vmax=1, interpolation="nearest")
+        im = ax.imshow(heat, cmap="jet", alpha=alpha, vmin=0, vmax=1, interpolation="bilinear",
+                       extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+        ax.set_title(caption, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    cbar = fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02)
+    cbar.set_label("relevance (map maximum = 1)", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
     _save(fig, path)
     plt.close(fig)

@@ -90,10 +90,20 @@ calibration error (15 bins): lower is better; the reliability diagram shows what
 {_img(folder.confusion, 'Confusion matrix (test)')}
 {_img(folder.calibration, 'Calibration (test)')}
 {_img(folder.curves, 'Training curves')}
+{_gallery(folder)}
 <h2>Configuration</h2><pre>{html.escape(json.dumps(config.to_dict(), indent=2))}</pre>
 </body></html>"""
     write_text(folder.report, body)
     return folder.report
+
+
+def _gallery(folder: RunFolder) -> str:
+    if not folder.gallery.is_file():
+        return ""
+    return (_img(folder.gallery, "Where the model looked (test)") +
+            '<p class="muted">Grad-CAM maps of the predicted class over test images: for each class the most '
+            "confident correct answers and the most confident errors. A map shows where the evidence for the "
+            "answer lies in the network's last feature maps, not that the reason is clinically right.</p>")
 
 
 def _preparation_row(config: RunConfig) -> str:

@@ -35,7 +35,8 @@ class ClassifierModel(nn.Module, abc.ABC):
     """Uniform interface: training, explanation and fine-tuning never special-case a model.
 
     Subclasses set ``num_classes``, ``in_channels``, ``input_size`` and
-    ``gradcam_layer`` (the dotted name of the module whose forward output
+    ``gradcam_layer`` (the dotted name of the module whose forward output, or several names joined by
+    commas whose outputs together,
     Grad-CAM should use) and implement ``forward_features`` / ``forward_head``.
     """
 

@@ -101,7 +101,7 @@ class AlexNet(ClassifierModel):
             nn.Linear(fc_width, num_classes),
         )
         last_conv = max(i for i, m in enumerate(self.features) if isinstance(m, nn.Conv2d))
-        self.gradcam_layer = f"features.{last_conv}"
+        self.gradcam_layer = f"features.{last_conv + 1}"  # the last conv's rectified output, as for VGG
         for i, m in enumerate((m for m in self.features if isinstance(m, nn.Conv2d)), start=1):
             m._paper_index = i  # the paper's conv numbering, for its unit biases
         self.classifier[1]._paper_hidden = self.classifier[4]._paper_hidden = True
@@ -149,6 +149,7 @@ class _Tower(nn.Module):
         self.conv3 = nn.Conv2d(256, 192, 3, padding=1)  # sees both towers
         self.conv4 = nn.Conv2d(192, 192, 3, padding=1)
         self.conv5 = nn.Conv2d(192, 128, 3, padding=1)
+        self.relu5 = nn.ReLU()  # a module of its own: Grad-CAM takes conv5's rectified output here
         self.fc6 = nn.Linear(fc_in, fc_width // 2)  # sees both towers
         self.fc7 = nn.Linear(fc_width, fc_width // 2)  # sees both towers
         self.lrn = _lrn(lrn, 1, 0)
@@ -183,7 +184,7 @@ class AlexNetSplit(ClassifierModel):
         self.towers = nn.ModuleList(_Tower(in_channels, stem, lrn, fc_in, fc_width, self.pool_size) for _ in range(2))
         self.dropout = nn.Dropout(dropout)
         self.fc8 = nn.Linear(fc_width, num_classes)
-        self.gradcam_layer = "towers.0.conv5"
+        self.gradcam_layer = "towers.0.relu5,towers.1.relu5"  # one map over both towers' channels
         _init_alexnet(self, init)
         for t, d in zip(self.towers, self.devices):
             t.to(d)
@@ -204,7 +205,7 @@ class AlexNetSplit(ClassifierModel):
         h = [t0.relu(t0.conv3(torch.cat([h[0], h[1].to(d0)], 1))),
              t1.relu(t1.conv3(torch.cat([h[0].to(d1), h[1]], 1)))]
         h = [t.relu(t.conv4(a)) for t, a in zip(self.towers, h)]
-        h = [t.pool(t.relu(t.conv5(a))) for t, a in zip(self.towers, h)]
+        h = [t.pool(t.relu5(t.conv5(a))) for t, a in zip(self.towers, h)]
         return torch.cat([h[0], h[1].to(d0)], 1)  # for Grad-CAM/embeddings on the first device
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
