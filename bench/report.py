@@ -165,8 +165,25 @@ def explain_block() -> str:
     return "\n".join(lines)
 
 
+def serve_block() -> str:
+    r = _load("serve")
+    if r is None:
+        return "_No load test recorded yet: run `python bench/serve.py`._"
+    base = {x["clients"]: x["requests_per_s"] for x in r["rows"] if x["config"] == "plain FastAPI"}
+    lines = [f"Measured with `{r['command']}` on {_machine(r['machine'])}: {r['requests']} requests of a 28-px "
+             "PNG per row from N concurrent clients on loopback (clients and server share the cores); ratio: "
+             "requests/s against the plain FastAPI endpoint at the same concurrency. Errors: "
+             f"{sum(x['errors'] for x in r['rows'])}.", "",
+             "| server | clients | req/s | p50 ms | p95 ms | p99 ms | ratio |", "|---|---|---|---|---|---|---|"]
+    for x in r["rows"]:
+        ratio = x["requests_per_s"] / base[x["clients"]] if base.get(x["clients"]) else float("nan")
+        lines.append(f"| {x['config']} | {x['clients']} | {x['requests_per_s']:.1f} | {x['p50_ms']:.1f} | "
+                     f"{x['p95_ms']:.1f} | {x['p99_ms']:.1f} | {ratio:.2f}× |")
+    return "\n".join(lines)
+
+
 BLOCKS = {"accuracy": accuracy_block, "speed": speed_block, "semi": semi_block, "fuzz": fuzz_block,
-          "explain": explain_block}
+          "explain": explain_block, "serve": serve_block}
 
 
 def render(text: str) -> str:

@@ -20,7 +20,9 @@ LAYERS = {
     "medcls.train": 8, "medcls.classical": 8,
     "medcls.runs": 9,
     "medcls.cluster": 10, "medcls.explain_run": 10,
-    "medcls.cli": 11, "medcls": 11,
+    "medcls.serve": 11,
+    "medcls.cli": 12, "medcls": 12,
+    "medcls.__main__": 13,  # python -m medcls: the command line itself
 }
 # Narrower than the layers allow: a network knows nothing of files or datasets (torchvision's models/
 # never imports datasets/).

@@ -578,6 +578,59 @@ def explain(run: Path = typer.Argument(..., help="Run folder (a CNN run)."),
 
 
 @app.command()
+def export(run: Path = typer.Argument(..., help="Run folder (a CNN run)."),
+           onnx: bool = typer.Option(True, "--onnx/--no-onnx", help="Write RUN/model.onnx (dynamic batch axis), "
+                                     "checked against the PyTorch model with ONNX Runtime.")) -> None:
+    """Export a CNN run's model for other runtimes (ONNX), as `medcls serve --backend onnx` uses it."""
+    import numpy as np
+
+    from medcls.models.export import export_onnx
+    from medcls.runs import CNNRun, load_run
+
+    r = load_run(run, "cpu")
+    if not isinstance(r, CNNRun):
+        raise MedclsError(f"{run} is a {r.config.kind} run: only CNN runs export to ONNX")
+    if not onnx:
+        raise MedclsError("nothing to export: --onnx is the one format")
+    m = r.config.model
+    path = export_onnx(r.model, r.folder.root / "model.onnx", in_channels=m.in_channels, size=m.input_size)
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).integers(0, 256, (4, m.in_channels, m.input_size, m.input_size), dtype=np.uint8)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    xf = r.inputs(x).float().contiguous().cpu().numpy()
+    import torch
+
+    with torch.no_grad():
+        want = r.model(r.inputs(x)).float().cpu().numpy()
+    got = session.run(None, {"image": xf})[0]
+    gap = float(np.abs(got - want).max())
+    if gap > 1e-3 * max(1.0, float(np.abs(want).max())):
+        raise MedclsError(f"{path}: ONNX Runtime's logits differ from PyTorch's by {gap:.2e}; do not use it")
+    typer.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); ONNX Runtime matches PyTorch within {gap:.1e}")
+
+
+@app.command()
+def serve(runs: list[Path] = typer.Argument(..., help="Run folders to serve (each by its folder name)."),
+          host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; anything but loopback needs "
+                                   "--token-file."),
+          port: int = typer.Option(8000, "--port"),
+          token_file: Optional[Path] = typer.Option(None, "--token-file", help="File holding the Bearer token "
+                                                    "every /v1 request must carry."),
+          max_upload_mb: float = typer.Option(64, "--max-upload-mb", help="Largest request body."),
+          workers: int = typer.Option(1, "--workers", help="uvicorn worker processes (each loads the models)."),
+          backend: str = typer.Option("torch", "--backend", help="torch | onnx (after `medcls export RUN`)."),
+          batching: bool = typer.Option(True, "--batching/--no-batching", help="Share forward passes between "
+                                        "requests arriving within a few milliseconds."),
+          device: str = typer.Option("auto", "--device")) -> None:
+    """An HTTP API (/v1, OpenAPI at /docs) and a web page (/) for trained runs."""
+    from medcls.serve import serve as run_service
+
+    run_service(runs, host=host, port=port, token_file=token_file, max_upload_mb=max_upload_mb, workers=workers,
+                backend=backend, batching=batching, device=device)
+
+
+@app.command()
 def classical(data: str = typer.Option(..., "--data", help="Dataset (as for train)."),
               features: str = typer.Option("hog", "--features", help="hog | sift | stats, combined with +"),
               classifier: str = typer.Option("all", "--classifier", help="bayes | svm | tree | knn | forest | all"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["MedclsError", "ReadError", "WriteError", "DataError", "ModelError", "TrainingStopped"]
+__all__ = ["MedclsError", "ReadError", "UnsupportedFileError", "LimitError", "WriteError", "DataError", "ModelError", "TrainingStopped"]
 
 
 class MedclsError(Exception):
@@ -31,6 +31,14 @@ class _FileError(MedclsError):
 
 class ReadError(_FileError):
     """A file or folder could not be read as an image."""
+
+
+class UnsupportedFileError(ReadError):
+    """A file of a kind medcls does not read (not DICOM, NIfTI, PNG/JPEG/TIFF or .npz)."""
+
+
+class LimitError(ReadError):
+    """A file would decode beyond medcls's memory limits: a decompression bomb, or an image beyond the budget."""
 
 
 class WriteError(_FileError):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medcls.errors import ReadError
+from medcls.errors import ReadError, UnsupportedFileError
 from medcls.io.limits import check_pixels, max_pixels, not_regular_reason, pixel_limit, require_regular_file
 from medcls.io.meta import ImageMeta
 
@@ -56,7 +56,7 @@ def detect_format(path: str | Path) -> str:
         return "nifti"
     if p.suffix.lower() in (".dcm", ".dicom", ".ima", "") and is_dicom_without_preamble(p):
         return "dicom-raw"  # no 128-byte preamble / DICM marker: parse with force
-    raise ReadError(p, "unsupported file type (expected DICOM, NIfTI, PNG/JPEG/TIFF or MedMNIST .npz)")
+    raise UnsupportedFileError(p, "unsupported file type (expected DICOM, NIfTI, PNG/JPEG/TIFF or MedMNIST .npz)")
 
 
 def is_dicom_without_preamble(path: Path) -> bool:

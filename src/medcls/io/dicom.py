@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medcls.errors import ReadError
+from medcls.errors import LimitError, ReadError
 from medcls.io.limits import check_pixels, max_pixels, require_regular_file
 from medcls.io.meta import ImageMeta
 
@@ -85,7 +85,7 @@ def _check_deflate(path: Path) -> None:
             except zlib.error as exc:
                 raise ReadError(path, f"corrupt deflated data set ({_safe(exc)})") from exc
             if size > limit or inflater.unconsumed_tail:
-                raise ReadError(path, f"its deflated data set inflates to more than {limit:,} bytes, beyond the "
+                raise LimitError(path, f"its deflated data set inflates to more than {limit:,} bytes, beyond the "
                                       "pixel budget; raise MEDCLS_MAX_PIXELS if it is real")
 
 

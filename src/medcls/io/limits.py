@@ -21,7 +21,7 @@ import stat
 from pathlib import Path
 from typing import Iterator
 
-from medcls.errors import MedclsError, ReadError
+from medcls.errors import LimitError, MedclsError, ReadError
 
 __all__ = ["DEFAULT_MAX_PIXELS", "ENV_MAX_PIXELS", "max_pixels", "pixel_limit", "check_pixels", "require_regular_file",
            "not_regular_reason"]
@@ -63,7 +63,7 @@ def check_pixels(path: str | Path, values: int, what: str) -> None:
     """Refuse before decoding when ``values`` (rows x columns x frames x samples) exceed the budget."""
     limit = max_pixels()
     if values > limit:
-        raise ReadError(path, f"{what} would decode to {values:,} pixel values, more than the limit of {limit:,}; "
+        raise LimitError(path, f"{what} would decode to {values:,} pixel values, more than the limit of {limit:,}; "
                               f"raise it with {ENV_MAX_PIXELS} or `medcls --max-pixels N` if the image is real")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import threading
 import zlib
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from medcls.io.meta import ImageMeta
 __all__ = ["read_raster", "RASTER_SUFFIXES"]
 
 RASTER_SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".tif": "tiff", ".tiff": "tiff", ".bmp": "bmp"}
+
+_GUARD_LOCK = threading.Lock()
 
 
 def _frame_to_array(im) -> tuple[np.ndarray, str, int]:
@@ -48,11 +51,12 @@ def read_raster(path: str | Path) -> tuple[np.ndarray, ImageMeta]:
     try:
         # Pillow's own bomb guard (a warning above MAX_IMAGE_PIXELS, an error above twice that) gives way
         # to medcls's budget, checked from the header just below: opening decodes nothing
-        guard, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-        try:
-            im_ctx = Image.open(path)
-        finally:
-            Image.MAX_IMAGE_PIXELS = guard
+        with _GUARD_LOCK:  # the guard is process-wide: threads (the service) take turns lifting it
+            guard, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                im_ctx = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = guard
         with im_ctx as im:
             fmt = (im.format or RASTER_SUFFIXES.get(path.suffix.lower(), "raster")).lower()
             n_frames = int(getattr(im, "n_frames", 1) or 1)
