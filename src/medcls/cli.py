@@ -597,13 +597,13 @@ def export(run: Path = typer.Argument(..., help="Run folder (a CNN run)."),
     import onnxruntime as ort
 
     x = np.random.default_rng(0).integers(0, 256, (4, m.in_channels, m.input_size, m.input_size), dtype=np.uint8)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    xf = r.inputs(x).float().contiguous().cpu().numpy()
     import torch
 
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    xb = r.inputs(x).float().contiguous()
     with torch.no_grad():
-        want = r.model(r.inputs(x)).float().cpu().numpy()
-    got = session.run(None, {"image": xf})[0]
+        want = r.model(xb).float().cpu().numpy()
+    got = session.run(None, {"image": xb.cpu().numpy()})[0]
     gap = float(np.abs(got - want).max())
     if gap > 1e-3 * max(1.0, float(np.abs(want).max())):
         raise MedclsError(f"{path}: ONNX Runtime's logits differ from PyTorch's by {gap:.2e}; do not use it")

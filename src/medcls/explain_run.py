@@ -19,8 +19,8 @@ from medcls._atomic import write_json
 from medcls.errors import MedclsError, ReadError
 from medcls.evaluate.plots import plot_saliency
 from medcls.explain import METHODS, explain, randomisation_correlation
-from medcls.modalities import for_display, prepare, resize, volume_slices
-from medcls.runs import CNNRun, _to_uint8
+from medcls.modalities import for_display, resize, volume_slices
+from medcls.runs import CNNRun
 
 __all__ = ["FileExplanation", "explain_files", "resolve_target", "sanity", "check_explainable"]
 
@@ -107,12 +107,11 @@ def explain_files(run, paths, out: str | Path, method: str = "gradcam", target: 
     for p in paths:
         p, uid = p if isinstance(p, tuple) else (p, None)
         try:
-            arr, meta = run.read_file(p, uid, allow_gaps=allow_gaps, allow_nonfinite=allow_nonfinite)
+            read = run.read_prepared(p, uid, allow_gaps=allow_gaps, allow_nonfinite=allow_nonfinite)
         except ReadError as exc:
             results.append(exc)
             continue
-        notes = meta.extra.get("warnings", []) + meta.extra.get("gaps", []) + run._unfamiliar(meta)
-        items = _to_uint8(prepare(arr, meta, prep))
+        arr, meta, items, notes = read.array, read.meta, read.items, read.notes
         item_probs = run.predict_items(items)
         probs = item_probs.mean(0)
         k = int(probs.argmax()) if k_asked is None else k_asked

@@ -27,7 +27,7 @@ from medcls.models import create_model
 from medcls.run_folder import RunConfig, RunFolder
 from medcls.train.checkpoint import load_weights
 
-__all__ = ["load_run", "CNNRun", "ClassicalRun", "EnsembleRun", "FilePrediction", "make_ensemble", "evaluate_run",
+__all__ = ["load_run", "CNNRun", "ClassicalRun", "EnsembleRun", "FilePrediction", "PreparedFile", "make_ensemble", "evaluate_run",
            "evaluate_after_training"]
 
 
@@ -39,6 +39,17 @@ class FilePrediction:
     series_uid: str | None = None  # which series of a DICOM folder holding several
     warnings: list[str] = field(default_factory=list)  # what the user should know about this answer
     skipped: list[tuple[str, str]] = field(default_factory=list)  # slice files of a series left out, and why
+
+
+@dataclass
+class PreparedFile:
+    """A file as read (``array``, ``meta``) and as the run's model takes it (``items``, uint8 ``(N, C, H, W)``)."""
+
+    array: np.ndarray
+    meta: object
+    items: np.ndarray
+    notes: list[str]  # what an answer on this file should be read with
+    skipped: list[tuple[str, str]]  # slice files of a series left out, and why
 
 
 def load_run(root: str | Path, device: str = "auto"):
@@ -83,31 +94,31 @@ class _Run(abc.ABC):
         return load_dataset(spec, data_dir=data_dir or t.get("data_dir"), size=size, prep=self.preparation,
                             seed=t.get("seed", 0))
 
+    def read_prepared(self, path, series_uid: str | None = None, *, allow_gaps: bool = False,
+                      allow_nonfinite: bool = False) -> PreparedFile:
+        """A file (or one series of a DICOM folder) read, checked and prepared as the run's model takes it.
+
+        Garbage (non-finite or constant pixel data) and volumes with missing slices
+        are refused (:class:`~medcls.errors.ReadError`) unless allowed. The notes say
+        what the answer should be read with: values replaced, slices left out, a
+        modality or channel count the run was not trained on.
+        """
+        arr, meta = read(path, series_uid=series_uid, allow_gaps=allow_gaps)
+        arr = check_values(arr, meta, allow_nonfinite=allow_nonfinite)
+        notes = list(meta.extra.get("warnings", [])) + list(meta.extra.get("gaps", [])) + self._unfamiliar(meta)
+        return PreparedFile(arr, meta, _to_uint8(prepare(arr, meta, self.preparation)), notes,
+                            list(meta.extra.get("skipped", [])))
+
     def prepare_file(self, path, series_uid: str | None = None, *, allow_gaps: bool = False,
                      allow_nonfinite: bool = False, notes: list[str] | None = None,
                      skipped: list | None = None) -> np.ndarray:
-        """A file (or one series of a DICOM folder) as the uint8 items the run's model takes.
-
-        Garbage (non-finite or constant pixel data) and volumes with missing slices
-        are refused (:class:`~medcls.errors.ReadError`) unless allowed. ``notes``
-        collects what the answer should be read with: values replaced, slices left
-        out, a modality or channel count the run was not trained on; ``skipped``
-        the slice files a series left out.
-        """
-        arr, meta = self.read_file(path, series_uid, allow_gaps=allow_gaps, allow_nonfinite=allow_nonfinite)
+        """:meth:`read_prepared`'s uint8 items; ``notes`` and ``skipped`` (lists) collect what it says."""
+        p = self.read_prepared(path, series_uid, allow_gaps=allow_gaps, allow_nonfinite=allow_nonfinite)
         if notes is not None:
-            notes += meta.extra.get("warnings", []) + meta.extra.get("gaps", [])
-            notes += self._unfamiliar(meta)
+            notes += p.notes
         if skipped is not None:
-            skipped += meta.extra.get("skipped", [])
-        return _to_uint8(prepare(arr, meta, self.preparation))
-
-    @staticmethod
-    def read_file(path, series_uid: str | None = None, *, allow_gaps: bool = False,
-                  allow_nonfinite: bool = False):
-        """``medcls.read`` with the values checked as :meth:`prepare_file` checks them: ``(array, meta)``."""
-        arr, meta = read(path, series_uid=series_uid, allow_gaps=allow_gaps)
-        return check_values(arr, meta, allow_nonfinite=allow_nonfinite), meta
+            skipped += p.skipped
+        return p.items
 
     def _unfamiliar(self, meta) -> list[str]:
         """How a file differs from what the run was trained on (modality, colour)."""

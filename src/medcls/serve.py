@@ -41,8 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from medcls._version import __version__
 from medcls.errors import LimitError, MedclsError, ReadError, UnsupportedFileError
-from medcls.modalities import prepare
-from medcls.runs import CNNRun, _to_uint8, load_run
+from medcls.runs import CNNRun, load_run
 
 __all__ = ["create_app", "ServedModel", "MicroBatcher", "LOOPBACK"]
 
@@ -157,16 +156,13 @@ class _OnnxBackend:
 
         self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self.run = run
-        self.mean = np.asarray(run.norm.mean, np.float32).reshape(1, -1, 1, 1)
-        self.std = np.asarray(run.norm.std, np.float32).reshape(1, -1, 1, 1)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = self.run._fit_size(x).astype(np.float32) / 255.0
-        logits = self.session.run(None, {"image": (x - self.mean) / self.std})[0]
-        if self.run.task == "multilabel":
-            return 1 / (1 + np.exp(-logits))
-        e = np.exp(logits - logits.max(1, keepdims=True))
-        return e / e.sum(1, keepdims=True)
+        import torch
+
+        xb = self.run.inputs(x).float().contiguous().cpu().numpy()  # resized and normalised as for PyTorch
+        logits = torch.from_numpy(self.session.run(None, {"image": xb})[0])
+        return (torch.sigmoid(logits) if self.run.task == "multilabel" else torch.softmax(logits, 1)).numpy()
 
 
 class MicroBatcher:
@@ -256,12 +252,11 @@ def _png_b64(img: np.ndarray) -> str:
 
 def _prepare_upload(run, path: Path) -> tuple[np.ndarray, dict]:
     """The upload (file or unpacked series folder) as the run's uint8 items, and what the answer says of it."""
-    arr, meta = run.read_file(path)
-    items = _to_uint8(prepare(arr, meta, run.preparation))
-    prep = run.preparation
-    notes = list(meta.extra.get("warnings", [])) + list(meta.extra.get("gaps", [])) + run._unfamiliar(meta)
-    return items, {"modality": meta.modality, "shape": list(meta.shape), "volume": bool(meta.is_volume),
-                   "preparation": prep.describe(prep.family_of(meta.modality), meta.is_volume), "warnings": notes}
+    p, prep = run.read_prepared(path), run.preparation
+    meta = p.meta
+    return p.items, {"modality": meta.modality, "shape": list(meta.shape), "volume": bool(meta.is_volume),
+                     "preparation": prep.describe(prep.family_of(meta.modality), meta.is_volume),
+                     "warnings": p.notes}
 
 
 def create_app(runs, *, token: str | None = None, max_upload_mb: float = 64, batching: bool = True,
@@ -422,7 +417,7 @@ def create_app(runs, *, token: str | None = None, max_upload_mb: float = 64, bat
             probs_items = await (batcher.submit(items) if batcher is not None else
                                  asyncio.to_thread(served.predict_items, items))
             probs = probs_items.mean(0)
-            classes = served.describe()["classes"]
+            classes = list(served.run.class_names)
             out = {"model": name, "task": served.run.task,
                    "probabilities": {c: round(float(p), 6) for c, p in zip(classes, probs)}, **about,
                    "items": len(items)}
