@@ -277,6 +277,20 @@ _MR_NORM = typer.Option("percentile", "--mr-norm", help="MRI: percentile (1st-99
 _VOLUME_AXIS = typer.Option("axial", "--volume-axis", help="Volumes: slice along axial | coronal | sagittal.")
 
 
+def _model_args(pairs: list[str]) -> dict:
+    """``KEY=VALUE`` strings as keyword arguments; values read as JSON where they parse (numbers, booleans)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise MedclsError(f"--model-arg takes KEY=VALUE, not {pair!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
 def _windows(ct_windows: Optional[str]) -> list[str] | None:
     return [w.strip() for w in ct_windows.split(",") if w.strip()] if ct_windows else None
 
@@ -324,7 +338,17 @@ def train(
                                                      "Ctrl-C/SIGTERM); 0: every epoch. [default: 60; on --resume: "
                                                      "the run's]"),
     init: Optional[str] = typer.Option(None, "--init", help="AlexNet weight init: paper | kaiming."),
+    model_arg: list[str] = typer.Option([], "--model-arg", help="A keyword argument of the model, KEY=VALUE "
+                                        "(repeatable), e.g. --model-arg dropout=0.3 --model-arg fc_width=1024."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in --out."),
+    nproc: Optional[int] = typer.Option(None, "--nproc", help="Train in N processes on this machine "
+                                        "(DistributedDataParallel: one per GPU, else gloo on CPU), started by "
+                                        "torch.distributed.run as `torchrun --standalone --nproc-per-node N` "
+                                        "would. --batch-size stays the global batch."),
+    sync_bn: bool = typer.Option(False, "--sync-bn/--no-sync-bn", help="Data parallel on CUDA: batch-norm "
+                                 "statistics over the whole global batch instead of each process's block."),
+    dist_timeout: float = typer.Option(600.0, "--dist-timeout", help="Data parallel: seconds a process waits for "
+                                       "the others (a lost peer is an error after this, not a hang)."),
     modality: str = _MODALITY,
     ct_windows: Optional[str] = _CT_WINDOWS,
     file_window: bool = _FILE_WINDOW,
@@ -333,11 +357,25 @@ def train(
     mr_norm: str = _MR_NORM,
     volume_axis: str = _VOLUME_AXIS,
 ) -> None:
-    """Train a CNN; the run folder gets weights, history, metrics.json and report.html."""
+    """Train a CNN; the run folder gets weights, history, metrics.json and report.html.
+
+    Under torchrun (`torchrun --nproc-per-node N -m medcls train ...`, any number
+    of machines) every process trains its block of each global batch; see
+    README, "More than one machine".
+    """
+    import os
+
     from medcls.train.config import TrainConfig
 
+    if nproc is not None:
+        _hand_to_torchrun(ctx, nproc)
+        return
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+    if resume is None and restarted and out is not None and RunFolder(out).resumable():
+        # torchrun --max-restarts ran the same command again after a failure: go on from the checkpoint
+        resume, ctx = out, None
     if resume is not None:
-        given = ["/".join(p.opts + p.secondary_opts) for p in ctx.command.params if p.name not in ("resume", "checkpoint_every")
+        given = [] if ctx is None else ["/".join(p.opts + p.secondary_opts) for p in ctx.command.params if p.name not in ("resume", "checkpoint_every")
                  and getattr(ctx.get_parameter_source(p.name), "name", None) == "COMMANDLINE"]
         if given:
             raise MedclsError(f"--resume continues {resume} with its own configuration; drop "
@@ -353,11 +391,11 @@ def train(
         cfg.out = str(resume)
         if checkpoint_every is not None:  # the one setting a resume may change: it moves no result
             cfg = dataclasses.replace(cfg, checkpoint_every=checkpoint_every)
-        root = _fit(cfg, resume=True)
+        root = _fit(cfg, resume=True, dist_timeout=dist_timeout)
     else:
         if data is None:
             raise MedclsError("--data is required (a MedMNIST name, .npz, class folder or CSV manifest)")
-        kwargs = {"init": init} if init else {}
+        kwargs = {**_model_args(model_arg), **({"init": init} if init else {})}
         cfg = TrainConfig(data=data, model=model, out=str(out or Path("runs") / f"{Path(data).stem}-{model}"),
                           data_dir=str(data_dir) if data_dir else None, size=size, channels=channels, epochs=epochs,
                           batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
@@ -369,10 +407,11 @@ def train(
                           labelled_fraction=labelled_fraction, semi=semi, refit=refit, model_kwargs=kwargs,
                           max_train_samples=max_train_samples, modality=modality, ct_windows=_windows(ct_windows),
                           file_window=file_window, clahe=clahe, us_crop=us_crop, mr_norm=mr_norm,
-                          volume_axis=volume_axis)
-        _refuse_to_replace(Path(cfg.out), overwrite)
-        root = _fit(cfg)
-    _print_metrics(root)
+                          volume_axis=volume_axis, sync_bn=sync_bn)
+        _refuse_to_replace(Path(cfg.out), overwrite or restarted)
+        root = _fit(cfg, dist_timeout=dist_timeout)
+    if root is not None:
+        _print_metrics(root)
 
 
 _RUN_DATA_DIR_HELP = "Where MedMNIST files are (default: where the run was trained)."
@@ -386,18 +425,58 @@ def _refuse_to_replace(out: Path, overwrite: bool) -> None:
         raise MedclsError(f"{out} already holds a run; pass --overwrite to replace it{resume}, or choose another --out")
 
 
-def _fit(cfg, resume: bool = False) -> Path:
-    """Train, then evaluate the run; a stop on request (Ctrl-C, SIGTERM) says how to resume, exit 128 + signal."""
+def _fit(cfg, resume: bool = False, dist_timeout: float = 600.0) -> Path | None:
+    """Train, then evaluate the run; a stop on request (Ctrl-C, SIGTERM) says how to resume, exit 128 + signal.
+
+    Under torchrun every process trains and evaluates its share; rank 0 writes
+    the run and returns its folder, the others None.
+    """
+    from medcls.distributed import init_world, shutdown
     from medcls.runs import evaluate_after_training
     from medcls.train.engine import fit
 
+    world, devices = init_world(cfg.device, dist_timeout, devices_per_process=2 if "devices" in cfg.model_args else 1)
     try:
-        root = fit(cfg, resume=resume)
-    except TrainingStopped as exc:  # typer would swallow it into a bare exit code 130
-        typer.echo(f"medcls: {exc}", err=True)
-        raise _Reported(128 + exc.signum) from None
-    evaluate_after_training(root, device=cfg.device)
-    return root
+        try:
+            root = fit(cfg, resume=resume, world=world, devices=devices)
+        except TrainingStopped as exc:  # typer would swallow it into a bare exit code 130
+            if world.is_main:
+                typer.echo(f"medcls: {exc}", err=True)
+            raise _Reported(128 + exc.signum) from None
+        evaluate_after_training(root, device=str(devices[0]) if devices else cfg.device, world=world)
+    finally:
+        shutdown()
+    return root if world.is_main else None
+
+
+def _hand_to_torchrun(ctx: typer.Context, nproc: int) -> None:
+    """``medcls train --nproc N ...`` is ``torchrun --standalone --nproc-per-node N -m medcls train ...``."""
+    from medcls.distributed import launched
+
+    if nproc < 1:
+        raise MedclsError(f"--nproc must be at least 1, got {nproc}")
+    if launched():
+        raise MedclsError("--nproc starts the processes itself; under torchrun leave it out")
+    argv = list((ctx.find_root().obj or {}).get("argv") or sys.argv[1:])
+    rest, skip = [], False
+    for a in argv:  # the same command, less --nproc
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    args = get_args_parser().parse_args(["--standalone", "--nproc-per-node", str(nproc), "-m", "medcls", *rest])
+    try:
+        run(args)
+    except ChildFailedError as exc:  # each process has said why on stderr already
+        codes = sorted({f.exitcode for f in exc.failures.values()})
+        typer.echo(f"medcls: error: {len(exc.failures)} of {nproc} training processes failed (exit code "
+                   f"{', '.join(map(str, codes))}); their messages are above", err=True)
+        raise _Reported(next((c for c in codes if c > 0), 1)) from None
 
 
 class _Reported(Exception):
@@ -772,7 +851,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MPLBACKEND", "Agg")
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
-        rv = app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False, obj={"argv": list(argv if argv is not None else sys.argv[1:])})
     except MedclsError as exc:
         if debug:
             raise

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from medcls.distributed import SINGLE, World, gather_rows, shard
 from medcls.errors import MedclsError
 
 __all__ = ["TTA_MODES", "select_device", "set_threads", "Normaliser", "to_device_batch", "autocast",
@@ -54,6 +55,8 @@ def select_device(spec: str = "auto") -> torch.device:
 def set_threads() -> None:
     """One intra-op thread per core this process may use; inter-op parallelism buys nothing for one model."""
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    # torchrun's processes on one machine share its cores
+    n //= max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     torch.set_num_threads(max(1, n))
 
 
@@ -98,13 +101,20 @@ def autocast(device: torch.device, enabled: bool):
 
 @torch.no_grad()
 def predict_items(model: nn.Module, x: np.ndarray, norm: Normaliser, device: torch.device, task: str,
-                  batch_size: int = 256, amp: bool = True, tta: str = "none") -> np.ndarray:
+                  batch_size: int = 256, amp: bool = True, tta: str = "none", world: World = SINGLE) -> np.ndarray:
     """Probabilities for uint8 items ``(N, C, H, W)``: softmax, or sigmoid for multi-label.
 
     ``tta="flip"`` averages the probabilities of each item and its left-right mirror image.
+    With several processes (``world``) each predicts its own block of the items
+    and every rank gets all of them back, each item exactly once, in order.
     """
     if tta not in TTA_MODES:
         raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
+    if world.active:
+        part = predict_items(model, x[shard(len(x), world)], norm, device, task, batch_size, amp, tta)
+        if len(part) == 0:  # an empty block has no class axis; the others tell its width
+            part = np.zeros((0, _out_width(model, x, norm, device, task, amp)), np.float32)
+        return gather_rows(part, world)
     model.eval()
     out = []
 
@@ -120,6 +130,10 @@ def predict_items(model: nn.Module, x: np.ndarray, norm: Normaliser, device: tor
             p = (p + probs(xb.flip(-1))) / 2
         out.append(p.cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+
+
+def _out_width(model: nn.Module, x: np.ndarray, norm: Normaliser, device: torch.device, task: str, amp: bool) -> int:
+    return int(predict_items(model, x[:1], norm, device, task, 1, amp).shape[1]) if len(x) else 1
 
 
 def aggregate(probs: np.ndarray, sample: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

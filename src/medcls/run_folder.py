@@ -240,6 +240,8 @@ class RunConfig:
     schedule: Schedule | None = None
     refit: Refit | None = None
     device: str | None = None
+    # data parallel training (torchrun): {"world_size", "backend", "sync_bn"} of the processes that trained it
+    distributed: dict | None = None
     classifier: str | None = None  # classical: the classifier chosen on validation
     features: str | None = None  # classical
     comparison: list | None = None  # classical: every classifier tried
@@ -264,7 +266,7 @@ class RunConfig:
             v = getattr(self, name)
             if v is not None:
                 d[name] = v.to_dict() if hasattr(v, "to_dict") else asdict(v)
-        for name in ("device", "classifier", "features", "comparison", "members", "member_models"):
+        for name in ("device", "distributed", "classifier", "features", "comparison", "members", "member_models"):
             if getattr(self, name) is not None:
                 d[name] = getattr(self, name)
         return d
@@ -309,6 +311,7 @@ class RunConfig:
             schedule=_build(Schedule, schedule, "schedule", path) if schedule else None,
             refit=_build(Refit, d["refit"], "refit", path) if d.get("refit") else None,
             device=d.get("device"),
+            distributed=d.get("distributed") if isinstance(d.get("distributed"), dict) else None,
             classifier=d.get("classifier"),
             features=d.get("features"),
             comparison=d.get("comparison"),

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from medcls._version import __version__
 from medcls.data import load_dataset, to_items
+from medcls.distributed import SINGLE, World
 from medcls.errors import DataError, MedclsError, ReadError
 from medcls.evaluate import write_outputs
 from medcls.infer import Normaliser, aggregate, predict_items, select_device, to_device_batch
@@ -52,11 +53,18 @@ class PreparedFile:
     skipped: list[tuple[str, str]]  # slice files of a series left out, and why
 
 
-def load_run(root: str | Path, device: str = "auto"):
-    """Open a run folder as a :class:`CNNRun`, :class:`EnsembleRun` or :class:`ClassicalRun`."""
+def load_run(root: str | Path, device: str = "auto", world: World = SINGLE):
+    """Open a run folder as a :class:`CNNRun`, :class:`EnsembleRun` or :class:`ClassicalRun`.
+
+    ``world``: a CNN run's predictions on a dataset are shared among the
+    processes of data parallel training (each predicts its block; all get all).
+    """
     folder = RunFolder(root)
     config = folder.read_config()
-    return {"cnn": CNNRun, "ensemble": EnsembleRun, "classical": ClassicalRun}[config.kind](folder, config, device)
+    run = {"cnn": CNNRun, "ensemble": EnsembleRun, "classical": ClassicalRun}[config.kind](folder, config, device)
+    if isinstance(run, CNNRun):
+        run.world = world
+    return run
 
 
 def _to_uint8(items: np.ndarray) -> np.ndarray:
@@ -164,6 +172,8 @@ class _Run(abc.ABC):
 
 
 class CNNRun(_Run):
+    world: World = SINGLE
+
     def __init__(self, folder: RunFolder, config: RunConfig, device: str = "auto"):
         self.folder, self.config = folder, config
         self.device = select_device(device)
@@ -194,7 +204,7 @@ class CNNRun(_Run):
 
     def predict_items(self, x: np.ndarray) -> np.ndarray:
         return predict_items(self.model, self._fit_size(x), self.norm, self.device, self.task,
-                             tta=self.config.preprocess.tta)
+                             tta=self.config.preprocess.tta, world=self.world)
 
     def inputs(self, x: np.ndarray) -> torch.Tensor:
         """uint8 items as the normalised float batch the model takes, on its device."""
@@ -343,13 +353,16 @@ def make_ensemble(members: list[str | Path], out: str | Path) -> Path:
 
 
 def evaluate_run(root: str | Path, data: str | None = None, splits=("test",), device: str = "auto",
-                 data_dir: str | None = None) -> dict:
+                 data_dir: str | None = None, world: World = SINGLE) -> dict:
     """Evaluate a run on splits of its dataset (or of ``data``); update its outputs.
+
+    ``world``: the processes of data parallel training share the predictions;
+    rank 0 writes the outputs (the others return an empty dict).
 
     Returns:
         the whole ``metrics.json`` content.
     """
-    run = load_run(root, device)
+    run = load_run(root, device, world)
     ds = run.load_dataset(data, data_dir)
     if list(ds.class_names) != list(run.class_names) or ds.task != run.task:
         raise DataError(f"{ds.source}: its classes {list(ds.class_names)} ({ds.task}) are not the ones {run.root} "
@@ -366,19 +379,23 @@ def evaluate_run(root: str | Path, data: str | None = None, splits=("test",), de
                for s in splits if (ds.splits == s).any()}
     if not results:
         raise DataError(f"{ds.source}: no {', '.join(splits)} split to evaluate on")
+    if not world.is_main:
+        return {}
+    run.world = SINGLE  # the gallery's maps are rank 0's alone
     if kept:
         run.write_gallery(kept["items"], kept["probs"], kept["y"])
     return write_outputs(run.folder, run.config, results, ds.name)
 
 
 def evaluate_after_training(root: str | Path, device: str = "auto", data: str | None = None,
-                            data_dir: str | None = None) -> dict:
+                            data_dir: str | None = None, world: World = SINGLE) -> dict:
     """Evaluate a run just trained (or made): validation and test, or test alone when val was trained on.
 
     A refit run's first pass is evaluated too (on its validation and test splits).
     """
     run = load_run(root, device)
     if run.config.refit is not None:
-        evaluate_run(run.folder.selection.root, data=data, splits=("val", "test"), device=device, data_dir=data_dir)
+        evaluate_run(run.folder.selection.root, data=data, splits=("val", "test"), device=device, data_dir=data_dir,
+                     world=world)
     splits = ("test",) if run.val_in_training else ("val", "test")
-    return evaluate_run(root, data=data, splits=splits, device=device, data_dir=data_dir)
+    return evaluate_run(root, data=data, splits=splits, device=device, data_dir=data_dir, world=world)

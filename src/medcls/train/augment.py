@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from medcls.data.registry import MEDMNIST
 from medcls.modalities import mirror_safe
 
-__all__ = ["Augment", "AUGMENT_PRESETS", "default_hflip"]
+__all__ = ["Augment", "Share", "AUGMENT_PRESETS", "default_hflip"]
 
 # rotation (deg), translation (fraction), scale range, contrast/brightness jitter
 AUGMENT_PRESETS = {
@@ -28,6 +29,18 @@ def default_hflip(dataset: str, modality: str) -> bool:
     return mirror_safe(modality)
 
 
+@dataclass(frozen=True)
+class Share:
+    """A process's block ``part`` of a batch of ``of`` items."""
+
+    of: int
+    part: slice
+
+    @property
+    def size(self) -> int:
+        return self.part.stop - self.part.start
+
+
 class Augment:
     """Small rotations, shifts and scales, optional left-right flips, contrast jitter.
 
@@ -40,13 +53,23 @@ class Augment:
         self.hflip = hflip
         self.enabled = preset != "none" or hflip
 
-    def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, gen: torch.Generator, share: Share | None = None) -> torch.Tensor:
+        """``share``: ``x`` is this process's block of a larger batch (data parallel training).
+
+        The draws are made for the whole batch and this block's are used, so
+        every item is augmented as it would be in one process, and every rank's
+        generator stays in step with the others'.
+        """
         if not self.enabled:
             return x
         n, dev = x.shape[0], x.device
+        share = share or Share(n, slice(0, n))
+
+        def rand() -> torch.Tensor:
+            return torch.rand(share.of, generator=gen)[share.part]
 
         def u(lo, hi):
-            return (torch.rand(n, generator=gen) * (hi - lo) + lo).to(dev)
+            return (rand() * (hi - lo) + lo).to(dev)
 
         p = self.p
         if p["rot"] or p["shift"] or p["scale"] or self.hflip:
@@ -54,7 +77,7 @@ class Augment:
             sc = 1.0 / u(1 - p["scale"], 1 + p["scale"])
             flip = torch.ones(n, device=dev)
             if self.hflip:
-                flip = torch.where(torch.rand(n, generator=gen).to(dev) < 0.5, -1.0, 1.0)
+                flip = torch.where(rand().to(dev) < 0.5, -1.0, 1.0)
             cos, sin = torch.cos(ang) * sc, torch.sin(ang) * sc
             theta = torch.stack([torch.stack([cos * flip, -sin, u(-p["shift"], p["shift"]) * 2], 1),
                                  torch.stack([sin * flip, cos, u(-p["shift"], p["shift"]) * 2], 1)], 1)
@@ -68,8 +91,8 @@ class Augment:
         if p["cutout"]:
             h, w = x.shape[-2:]
             ch, cw = max(1, int(h * p["cutout"])), max(1, int(w * p["cutout"]))
-            cy = (torch.rand(n, generator=gen) * h).long().to(dev)
-            cx = (torch.rand(n, generator=gen) * w).long().to(dev)
+            cy = (rand() * h).long().to(dev)
+            cx = (rand() * w).long().to(dev)
             yy = torch.arange(h, device=dev).view(1, h, 1)
             xx = torch.arange(w, device=dev).view(1, 1, w)
             m = ((yy - cy.view(n, 1, 1)).abs() <= ch // 2) & ((xx - cx.view(n, 1, 1)).abs() <= cw // 2)

@@ -41,6 +41,7 @@ class TrainConfig:
     checkpoint_every: float = 60.0  # seconds between writes of last/state (and a pending best); 0: every epoch
     device: str = "auto"
     amp: bool = True  # mixed precision on CUDA (bf16 where supported)
+    sync_bn: bool = False  # data parallel: batch-norm statistics over the global batch (CUDA only)
     volume_mode: str | None = None  # volumes: slices | 2.5d; None: 2.5d for MedMNIST volumes, slices for files
     volume_slices: int = 8  # slices per volume used (centred), 0: all
     labelled_fraction: float = 1.0

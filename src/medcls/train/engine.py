@@ -9,6 +9,15 @@ RNG states are checkpointed with the weights (at an epoch end, every
 uninterrupted run exactly. Ctrl-C or SIGTERM (a cluster's pre-emption notice)
 finishes the current epoch, checkpoints it and stops; a second one stops at once.
 
+Under torchrun the same loop runs in every process as data parallel training
+(``DistributedDataParallel``; :mod:`medcls.distributed`): every rank draws the
+same epoch order and batches from the seed, and takes its own contiguous block
+of each global batch, so ``--batch-size``, the schedule and the learning rate
+do not depend on the number of processes. Validation is sharded and gathered
+(each item once). Rank 0 alone writes files and logs. A stop request on any
+rank stops every rank after the same step, with a checkpoint of that step, so
+the 30 s torchrun gives its workers after forwarding a SIGTERM is enough.
+
 A pass is made of small parts: :func:`setup` builds the model, its weight
 average, the optimiser and the schedule; :func:`restore` reads a checkpoint
 back; :func:`train_one_epoch` and :func:`validate` do what they say;
@@ -31,12 +40,13 @@ import torch
 from torch import nn
 
 from medcls.data import Items, merge_items
+from medcls.distributed import SINGLE, World, all_sum, any_true, barrier, broadcast_tensors, shard
 from medcls.errors import MedclsError, TrainingStopped
 from medcls.evaluate.metrics import auc_score
 from medcls.infer import Normaliser, aggregate, autocast, predict_items, select_device, set_threads, to_device_batch
 from medcls.models import create_model, model_loss
 from medcls.run_folder import DataInfo, ModelInfo, Preprocess, Refit, RunConfig, RunFolder, Schedule
-from medcls.train.augment import Augment, default_hflip
+from medcls.train.augment import Augment, Share, default_hflip
 from medcls.train.checkpoint import load_state, load_weights, rng_state, save_state, save_weights, set_rng_state, \
     weights_snapshot
 from medcls.train.config import TrainConfig
@@ -53,20 +63,29 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _progress(total: int, desc: str):
+def _quiet(msg: str) -> None:
+    """The log of a rank other than 0: its lines would repeat rank 0's."""
+
+
+def _logger(world: World):
+    return _log if world.is_main else _quiet
+
+
+def _progress(total: int, desc: str, world: World = SINGLE):
     import os
     import sys
 
     from tqdm import tqdm
 
-    disable = not sys.stderr.isatty() or bool(os.environ.get("TQDM_DISABLE"))
+    disable = not sys.stderr.isatty() or bool(os.environ.get("TQDM_DISABLE")) or not world.is_main
     return tqdm(total=total, desc=desc, leave=False, disable=disable, unit="img", dynamic_ncols=True)
 
 
 # ---------------------------------------------------------------- fit: one pass, or two for a refit
 
 
-def fit(cfg: TrainConfig, resume: bool = False) -> Path:
+def fit(cfg: TrainConfig, resume: bool = False, world: World = SINGLE,
+        devices: list[torch.device] | None = None) -> Path:
     """Train a model as configured; write the run folder; return its path.
 
     With ``refit`` (``--refit``; off by default, see README for the measurement)
@@ -78,33 +97,46 @@ def fit(cfg: TrainConfig, resume: bool = False) -> Path:
     second trains from scratch on train + validation with the same schedule up
     to that epoch, and is the model ``RUN`` ships. Its validation split is then
     training data.
+
+    ``world`` and ``devices``: this process's place in data parallel training
+    and its device(s) (:func:`medcls.distributed.init_world`); every rank calls
+    ``fit`` and returns once rank 0 has written the run.
     """
     folder = RunFolder(cfg.out)
     set_threads()
-    device = select_device(cfg.device)
+    device = devices[0] if devices else select_device(cfg.device)
     data = prepare_data(cfg)
-    _report_left_out(data)
+    if world.is_main:
+        _report_left_out(data)
+    kw = dict(world=world, devices=devices)
     if not cfg.refit:
-        if not resume and (folder.selection.config.is_file() or folder.selection.state.is_file()):
+        if world.is_main and not resume and (folder.selection.config.is_file() or folder.selection.state.is_file()):
             folder.selection.remove()  # an earlier, replaced refit run's first pass
-        train_pass(cfg, folder, data, data.train, data.val, device, resume=resume)
+        train_pass(cfg, folder, data, data.train, data.val, device, resume=resume, **kw)
+        barrier(world)  # the others read the run back to evaluate it
         return folder.root
 
-    if not resume:  # an earlier run's files here would be taken for this run's if it stopped in the first pass
-        folder.forget_run()
+    # what was done is decided from the files before rank 0 changes any of them
     refit = folder.read_config().refit if resume and folder.config.is_file() else None
+    first_done = resume and folder.selection.state.is_file()
+    second_done = resume and folder.state.is_file()
+    barrier(world)
+    if world.is_main and not resume:  # an earlier run's files would be taken for this run's if it stopped early
+        folder.forget_run()
     if refit is None:  # the first pass: choose the epoch (a finished pass resumes as a no-op)
         history, schedule = train_pass(replace(cfg, out=str(folder.selection.root), refit=False), folder.selection,
-                                       data, data.train, data.val, device,
-                                       resume=resume and folder.selection.state.is_file(), resume_root=folder.root)
+                                       data, data.train, data.val, device, resume=first_done,
+                                       resume_root=folder.root, **kw)
         refit = choose_epoch(history, schedule, data)
-        _log(f"refit: epoch {refit.epoch} of {refit.of_epochs} chosen on validation; training again on train + val "
-             f"({len(data.train) + len(data.val)} items) for {refit.epoch} epochs")
+        _logger(world)(f"refit: epoch {refit.epoch} of {refit.of_epochs} chosen on validation; training again on "
+                       f"train + val ({len(data.train) + len(data.val)} items) for {refit.epoch} epochs")
     # the second pass: train + val, from scratch, the same schedule up to the chosen epoch
-    train_pass(cfg, folder, data, merge_items(data.train, data.val), None, device,
-               resume=resume and folder.state.is_file(), refit=refit)
+    train_pass(cfg, folder, data, merge_items(data.train, data.val), None, device, resume=second_done,
+               refit=refit, **kw)
     # the first pass is finished and superseded: its resume state (~0.4 GB for AlexNet at 28 px) can go
-    folder.selection.drop_resume_state()
+    if world.is_main:
+        folder.selection.drop_resume_state()
+    barrier(world)
     return folder.root
 
 
@@ -157,6 +189,12 @@ class Trainer:
     cfg: TrainConfig
     task: str
     num_classes: int
+    net: nn.Module | None = None  # what training steps call: ``model``, or its DistributedDataParallel wrapper
+    world: World = SINGLE
+
+    def __post_init__(self) -> None:
+        if self.net is None:
+            self.net = self.model
 
     @property
     def eval_model(self) -> nn.Module:
@@ -192,6 +230,18 @@ class Progress:
     epoch: int = 0
     early: EarlyStopping = field(default_factory=lambda: EarlyStopping(8))
     history: list[dict] = field(default_factory=list)
+    within: "EpochPosition | None" = None  # a stop request came in the middle of epoch ``epoch + 1``
+
+
+@dataclass
+class EpochPosition:
+    """How far an epoch got when every rank stopped at a stop request: its next step, generator and sums."""
+
+    step: int
+    generator: torch.Tensor  # the epoch generator's state: the order is drawn again, the rest goes on from here
+    loss_sum: float
+    seen: int
+    seconds: float
 
 
 def _seed_all(seed: int) -> None:
@@ -212,8 +262,13 @@ def _class_weights(y: np.ndarray, k: int, task: str) -> torch.Tensor:
 
 
 def setup(cfg: TrainConfig, data: TrainingData, train: Items, device: torch.device,
-          refit: Refit | None = None) -> tuple[Trainer, PassItems]:
-    """Build everything a pass trains, in a fixed order from ``cfg.seed`` (a resume rebuilds it identically)."""
+          refit: Refit | None = None, world: World = SINGLE,
+          devices: list[torch.device] | None = None) -> tuple[Trainer, PassItems]:
+    """Build everything a pass trains, in a fixed order from ``cfg.seed`` (a resume rebuilds it identically).
+
+    Every rank builds the same model from the seed; ``DistributedDataParallel``
+    also broadcasts rank 0's weights when it wraps it.
+    """
     _seed_all(cfg.seed)
     k, task = data.num_classes, data.task
     labelled = labelled_subset(train.y, train.sample, cfg.labelled_fraction, cfg.seed)
@@ -222,8 +277,17 @@ def setup(cfg: TrainConfig, data: TrainingData, train: Items, device: torch.devi
                       n_unlabelled=int(len(np.unique(train.sample[~labelled]))) if cfg.semi else 0)
     norm = Normaliser.fit(items.x_labelled)
     channels, size = int(train.x.shape[1]), int(train.x.shape[-1])
-    model = create_model(cfg.model, num_classes=k, in_channels=channels, input_size=size, **cfg.model_args)
-    model = model.to(device).to(memory_format=torch.channels_last)
+    model_args = dict(cfg.model_args)
+    if "devices" in model_args and devices and len(devices) > 1:  # the split AlexNet: this process's two GPUs
+        model_args["devices"] = [str(d) for d in devices]
+    model = create_model(cfg.model, num_classes=k, in_channels=channels, input_size=size, **model_args)
+    placed = "devices" in model_args  # a model over several devices puts each part where it belongs
+    model = (model if placed else model.to(device)).to(memory_format=torch.channels_last)
+    if cfg.sync_bn and world.active:
+        if device.type != "cuda":
+            raise MedclsError("--sync-bn needs CUDA devices: torch's SyncBatchNorm has no CPU kernel (on CPUs "
+                              "each process's batch-norm uses its own block of the batch)")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     teacher = None
     if cfg.semi == "meanteacher":
         teacher = copy.deepcopy(model)
@@ -259,8 +323,22 @@ def setup(cfg: TrainConfig, data: TrainingData, train: Items, device: torch.devi
                       criterion=criterion, norm=norm, aug=Augment(preset, hflip),
                       weak=Augment("light" if preset != "none" else "none", hflip), strong=Augment("strong", hflip),
                       device=device, schedule=schedule, last_epoch=min(epochs, refit.epoch if refit else epochs),
-                      steps_per_epoch=steps_per_epoch, cfg=cfg, task=task, num_classes=k)
+                      steps_per_epoch=steps_per_epoch, cfg=cfg, task=task, num_classes=k,
+                      net=_data_parallel(model, device, placed) if world.active else model, world=world)
     return trainer, items
+
+
+def _data_parallel(model: nn.Module, device: torch.device, placed: bool) -> nn.Module:
+    """``model`` under DistributedDataParallel: gradients averaged over the ranks during backward.
+
+    Every parameter takes part in every step's loss (GoogLeNet's auxiliary heads
+    included), so DDP need not search the graph for unused ones. A model over
+    two devices (the split AlexNet) has no single device for ``device_ids``.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" and not placed else None
+    return DistributedDataParallel(model, device_ids=ids)
 
 
 def run_config(trainer: Trainer, data: TrainingData, train: Items, items: PassItems,
@@ -280,7 +358,14 @@ def run_config(trainer: Trainer, data: TrainingData, train: Items, items: PassIt
         schedule=trainer.schedule,
         refit=refit,
         device=str(trainer.device),
+        distributed=_world_info(trainer) if trainer.world.active else None,
     )
+
+
+def _world_info(trainer: Trainer) -> dict:
+    w, bs = trainer.world, trainer.schedule.batch_size
+    return {"world_size": w.size, "backend": w.backend, "sync_bn": bool(trainer.cfg.sync_bn),
+            "batch_per_process": [bs * (r + 1) // w.size - bs * r // w.size for r in range(w.size)]}
 
 
 def restore(trainer: Trainer, folder: RunFolder) -> Progress:
@@ -304,7 +389,12 @@ def restore(trainer: Trainer, folder: RunFolder) -> Progress:
                 r[key] = int(r[key])
     set_rng_state(st["rng"])
     early = EarlyStopping(trainer.schedule.patience, float(st["best_auc"]), int(st["bad_epochs"]))
-    return Progress(int(st["epoch"]), early, history)
+    within = None
+    if "within_step" in st:  # stopped in the middle of an epoch (data parallel stop request)
+        sums = st["within_sums"].tolist()
+        within = EpochPosition(int(st["within_step"]), st["within_generator"], float(sums[0]), int(sums[1]),
+                               float(sums[2]))
+    return Progress(int(st["epoch"]), early, history, within)
 
 
 def save_checkpoint(trainer: Trainer, folder: RunFolder, progress: Progress, pending_best: dict | None) -> None:
@@ -316,7 +406,7 @@ def save_checkpoint(trainer: Trainer, folder: RunFolder, progress: Progress, pen
     if pending_best is not None:
         save_weights(pending_best, folder.best)
     save_weights(trainer.model, folder.last)  # what training continues from
-    keys = list(progress.history[-1].keys())
+    keys = list(progress.history[-1].keys()) if progress.history else []
     state = {"epoch": torch.tensor(progress.epoch), "optimizer": trainer.opt.state_dict(),
              "scheduler": trainer.sched.state_dict(),
              "best_auc": torch.tensor(progress.early.best, dtype=torch.float64),
@@ -329,21 +419,36 @@ def save_checkpoint(trainer: Trainer, folder: RunFolder, progress: Progress, pen
         state["ema"] = trainer.ema.state_dict()
     if trainer.scaler.is_enabled():
         state["scaler"] = trainer.scaler.state_dict()
+    if progress.within is not None:
+        w = progress.within
+        state.update(within_step=torch.tensor(w.step), within_generator=w.generator,
+                     within_sums=torch.tensor([w.loss_sum, float(w.seen), w.seconds], dtype=torch.float64))
     save_state(folder.state, state)
 
 
 def train_step(model, opt, sched, scaler, criterion, norm, aug, x: np.ndarray, y: np.ndarray, idx: np.ndarray,
                device: torch.device, use_amp: bool, gen: torch.Generator, extra_loss=None,
-               clip_grad: float | None = None) -> torch.Tensor:
-    """One optimisation step on items ``idx`` of the in-memory uint8 arrays."""
-    xb = norm(aug(to_device_batch(x, idx, device), gen))
-    yb = torch.from_numpy(y[idx]).to(device)
+               clip_grad: float | None = None, share: Share | None = None, world_size: int = 1) -> torch.Tensor:
+    """One optimisation step on items ``idx`` of the in-memory uint8 arrays.
+
+    Data parallel: ``idx`` is the global batch and this rank takes block
+    ``share.part`` of it. Its mean loss is weighted by its part of the global
+    mean (:func:`_loss_fraction`) times the world size, so that DDP's average of
+    the ranks' gradients is the gradient of the global batch's mean loss, the
+    one a single process would take, even when the blocks differ in size.
+    Returns this rank's part of the global batch's mean loss (all of it in one process).
+    """
+    mine = idx[share.part] if share is not None else idx
+    frac = _loss_fraction(criterion, y[idx], share) if share is not None else 1.0
+    xb = norm(aug(to_device_batch(x, mine, device), gen, share))
+    yb = torch.from_numpy(y[mine]).to(device)
     with autocast(device, use_amp):
         loss = model_loss(model(xb), yb, criterion)
         if extra_loss is not None:
             loss = loss + extra_loss()
+    weight = frac * world_size
     opt.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    scaler.scale(loss * weight if weight != 1.0 else loss).backward()
     if clip_grad:
         scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
@@ -351,7 +456,20 @@ def train_step(model, opt, sched, scaler, criterion, norm, aug, x: np.ndarray, y
     scaler.update()
     if sched is not None:
         sched.step()
-    return loss
+    return loss.detach() * frac if frac != 1.0 else loss
+
+
+def _loss_fraction(criterion: nn.Module, y: np.ndarray, share: Share) -> float:
+    """The part of a batch's mean loss that block ``share.part`` holds.
+
+    A class-weighted cross-entropy's mean divides by the items' summed class
+    weights, not by their number, so a block's part is its share of that sum.
+    """
+    w = getattr(criterion, "weight", None)
+    if isinstance(criterion, nn.CrossEntropyLoss) and w is not None and y.ndim == 1:
+        wy = w.detach().cpu().double()[torch.from_numpy(y.astype(np.int64))]
+        return float(wy[share.part].sum() / wy.sum())
+    return share.size / share.of
 
 
 def _epoch_items(trainer: Trainer, items: PassItems, epoch: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -360,7 +478,7 @@ def _epoch_items(trainer: Trainer, items: PassItems, epoch: int) -> tuple[np.nda
     if cfg.semi == "pseudo" and len(items.x_unlabelled) and epoch >= max(1, trainer.schedule.epochs // 5):
         # labels from the validated (EMA) weights, balanced to the labelled class ratio
         probs = predict_items(trainer.eval_model, items.x_unlabelled, trainer.norm, trainer.device, trainer.task,
-                              amp=cfg.amp, tta=cfg.tta)
+                              amp=cfg.amp, tta=cfg.tta, world=trainer.world)
         prior = np.bincount(items.y_labelled, minlength=trainer.num_classes) / len(items.y_labelled)
         pick, labels = pseudo_labels(probs, prior)
         trainer.model.train()
@@ -370,14 +488,20 @@ def _epoch_items(trainer: Trainer, items: PassItems, epoch: int) -> tuple[np.nda
     return items.x_labelled, items.y_labelled, 0
 
 
-def train_one_epoch(trainer: Trainer, items: PassItems, epoch: int) -> dict:
+def train_one_epoch(trainer: Trainer, items: PassItems, epoch: int, start: EpochPosition | None = None,
+                    stop_requested=None) -> dict:
     """One pass over the labelled items (whatever else a step sees; the schedule counts these steps).
 
-    Returns the epoch's history fields: ``train_loss``, ``seconds``, ``images_per_s`` (and ``n_pseudo``).
+    Returns the epoch's history fields: ``train_loss``, ``seconds``, ``images_per_s`` (and ``n_pseudo``),
+    over all ranks. ``start``: go on from where a stopped epoch got to. ``stop_requested``
+    (data parallel): asked after every step; when it says so (on every rank alike) the
+    epoch ends there and the row has ``within``, the :class:`EpochPosition` to go on from.
     """
-    cfg, t = trainer.cfg, trainer
+    cfg, t, world = trainer.cfg, trainer, trainer.world
     t.model.train()
     gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    if world.active:  # dropout masks: a stream per rank and epoch (the data draws are common, from gen)
+        torch.manual_seed((cfg.seed * 100_003 + epoch) * 1_009 + world.rank)
     x_epoch, y_epoch, n_pseudo = _epoch_items(t, items, epoch)
     n = len(items.y_labelled)
     if cfg.balance == "sampler" and t.task != "multilabel":
@@ -386,40 +510,63 @@ def train_one_epoch(trainer: Trainer, items: PassItems, epoch: int) -> dict:
     else:
         order = torch.randperm(n, generator=gen).numpy()
     bs = t.schedule.batch_size
-    t0, seen, loss_sum = time.perf_counter(), 0, 0.0
-    bar = _progress(n, f"epoch {epoch + 1}/{t.last_epoch}")
-    for i in range(0, n, bs):
+    t0, seen, loss_sum, secs0, first = time.perf_counter(), 0, 0.0, 0.0, 0
+    if start is not None:
+        gen.set_state(start.generator)
+        first, seen, loss_sum, secs0 = start.step, start.seen, start.loss_sum, start.seconds
+    bar = _progress(n, f"epoch {epoch + 1}/{t.last_epoch}", world)
+    bar.update(min(n, first * bs))
+    within = None
+    for step, i in enumerate(range(0, n, bs)):
+        if step < first:
+            continue
         idx = np.sort(order[i:i + bs])
-        if len(idx) < 2 and i > 0:
-            continue  # BatchNorm needs two samples
+        if len(idx) < 2 * world.size and i > 0:
+            continue  # BatchNorm needs two samples (on each rank)
         extra = None
         if n_pseudo:  # twice as many pseudo-labelled items as labelled ones, as FixMatch's unlabelled batch
             pidx = torch.randint(0, n_pseudo, (min(n_pseudo, 2 * len(idx)),), generator=gen).numpy()
             idx = np.sort(np.concatenate([idx, n + pidx]))
+        share = _share(len(idx), world)
         if cfg.semi in ("fixmatch", "meanteacher") and len(items.x_unlabelled):
             x_u = items.x_unlabelled
             uidx = np.sort(torch.randint(0, len(x_u), (min(len(x_u), 2 * len(idx)),), generator=gen).numpy())
-            unlabelled = to_device_batch(x_u, uidx, t.device)
-            step = t.sched.last_epoch
-            extra = lambda: consistency_loss(cfg.semi, t.model, t.teacher, unlabelled, t.norm,  # noqa: E731
-                                             t.weak, t.strong, gen, step, t.total_steps)
-        loss = train_step(t.model, t.opt, t.sched, t.scaler, t.criterion, t.norm, t.aug, x_epoch, y_epoch, idx,
-                          t.device, t.use_amp, gen, extra, cfg.clip_grad)
+            ushare = _share(len(uidx), world)
+            unlabelled = to_device_batch(x_u, uidx[ushare.part] if ushare else uidx, t.device)
+            sched_step = t.sched.last_epoch
+            extra = lambda: consistency_loss(cfg.semi, t.net, t.teacher, unlabelled, t.norm,  # noqa: E731
+                                             t.weak, t.strong, gen, sched_step, t.total_steps, ushare)
+        loss = train_step(t.net, t.opt, t.sched, t.scaler, t.criterion, t.norm, t.aug, x_epoch, y_epoch, idx,
+                          t.device, t.use_amp, gen, extra, cfg.clip_grad, share, world.size)
         if t.teacher is not None:
             teacher_update(t.teacher, t.model, t.sched.last_epoch, t.schedule.ema_decay)
         if t.ema is not None:
             t.ema.update_parameters(t.model)
-        seen += len(idx)
-        loss_sum += float(loss.detach()) * len(idx)
+        seen += len(idx)  # the global batch: the same count on every rank
+        loss_sum += float(loss.detach()) * len(idx)  # this rank's part of the batch's mean loss
         bar.update(len(idx))
-        bar.set_postfix(loss=f"{loss_sum / seen:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+        bar.set_postfix(loss=f"{loss_sum * world.size / max(1, seen):.4f}",  # rank 0's estimate
+                        img_s=f"{(seen - (start.seen if start else 0)) / (time.perf_counter() - t0):.0f}")
+        if stop_requested is not None and stop_requested():
+            within = EpochPosition(step + 1, gen.get_state(), loss_sum, seen, secs0 + time.perf_counter() - t0)
+            break
     bar.close()
-    secs = time.perf_counter() - t0
+    secs = secs0 + time.perf_counter() - t0
+    if world.active:  # the epoch's loss over every rank's part; its time as the slowest rank's
+        loss_sum, secs_sum = all_sum([loss_sum, secs], world)
+        secs = secs_sum / world.size
     row = {"train_loss": round(loss_sum / max(1, seen), 6), "seconds": round(secs, 2),
-           "images_per_s": round(seen / secs, 1)}
+           "images_per_s": round(seen / max(secs, 1e-9), 1)}
     if cfg.semi == "pseudo":
         row["n_pseudo"] = n_pseudo
+    if within is not None:
+        row["within"] = within
     return row
+
+
+def _share(n: int, world: World) -> Share | None:
+    """This rank's block of a global batch of ``n`` items (None in one process)."""
+    return Share(n, shard(n, world)) if world.active else None
 
 
 def _mean_log_loss(p: np.ndarray, y: np.ndarray, task: str) -> float:
@@ -430,9 +577,14 @@ def _mean_log_loss(p: np.ndarray, y: np.ndarray, task: str) -> float:
 
 
 def validate(trainer: Trainer, val: Items) -> dict:
-    """``val_loss``, ``val_auc`` and ``val_acc`` of the validated weights, per sample (volumes aggregated)."""
+    """``val_loss``, ``val_auc`` and ``val_acc`` of the validated weights, per sample (volumes aggregated).
+
+    Data parallel: each rank predicts its block of the items and every rank
+    scores all of them (each once), so every rank makes the same early-stopping
+    decision and the figures are those of one process.
+    """
     probs = predict_items(trainer.eval_model, val.x, trainer.norm, trainer.device, trainer.task,
-                          amp=trainer.cfg.amp, tta=trainer.cfg.tta)
+                          amp=trainer.cfg.amp, tta=trainer.cfg.tta, world=trainer.world)
     probs, y = aggregate(probs, val.sample, val.y)
     if trainer.task == "multilabel":
         acc = float(((probs >= 0.5) == (y > 0.5)).mean())
@@ -444,35 +596,58 @@ def validate(trainer: Trainer, val: Items) -> dict:
 
 def train_pass(cfg: TrainConfig, folder: RunFolder, data: TrainingData, train: Items, val: Items | None,
                device: torch.device, *, resume: bool, resume_root: Path | None = None,
-               refit: Refit | None = None) -> tuple[list[dict], Schedule]:
+               refit: Refit | None = None, world: World = SINGLE,
+               devices: list[torch.device] | None = None) -> tuple[list[dict], Schedule]:
     """One training pass into ``folder``; returns its history and schedule.
 
     ``val`` None is the refit pass: nothing to validate on; the weights after
     ``refit.epoch`` epochs of a ``refit.of_epochs``-long schedule are kept.
     """
-    trainer, items = setup(cfg, data, train, device, refit)
+    log, main = _logger(world), world.is_main
+    trainer, items = setup(cfg, data, train, device, refit, world, devices)
     config = run_config(trainer, data, train, items, refit)
     if resume:
         progress = restore(trainer, folder)
-        _log(f"resuming {folder.root} after epoch {progress.epoch}")
+        log(f"resuming {folder.root} after epoch {progress.epoch}"
+            + (f", step {progress.within.step}" if progress.within else "")
+            + (f", in {world.size} processes" if world.active else ""))
+        if main:
+            _note_world(folder, config)
     else:
-        folder.root.mkdir(parents=True, exist_ok=True)
+        if main:
+            folder.root.mkdir(parents=True, exist_ok=True)
         progress = Progress(early=EarlyStopping(trainer.schedule.patience))
-    _log(f"training {cfg.model} on {data.ds.name}: {len(items.y_labelled)} labelled items"
-         + (f" + {len(items.x_unlabelled)} unlabelled ({cfg.semi})" if cfg.semi else "")
-         + f", {train.x.shape[1]}x{train.x.shape[-1]}x{train.x.shape[-1]}, {trainer.num_classes} classes, "
-           f"device {device}"
-         + (f" (refit on train + val: epoch {trainer.last_epoch} of {trainer.schedule.epochs})" if refit else ""))
-    if not resume:
+    log(f"training {cfg.model} on {data.ds.name}: {len(items.y_labelled)} labelled items"
+        + (f" + {len(items.x_unlabelled)} unlabelled ({cfg.semi})" if cfg.semi else "")
+        + f", {train.x.shape[1]}x{train.x.shape[-1]}x{train.x.shape[-1]}, {trainer.num_classes} classes, "
+          f"device {device}"
+        + (f", {world.size} processes ({world.backend}), batch {trainer.schedule.batch_size} in all" if world.active
+           else "")
+        + (f" (refit on train + val: epoch {trainer.last_epoch} of {trainer.schedule.epochs})" if refit else ""))
+    if not resume and main:
         folder.write_config(config)
     # Checkpoints (~0.4 GB for AlexNet at 28 px) can cost as much as a short epoch, so they are written
     # every cfg.checkpoint_every seconds and after the final epoch; a resume replays from the last one.
     last_checkpoint, pending_best = time.monotonic(), None
-    with StopRequest(_log) as stop:
+    # One process finishes its epoch on a stop request; several stop together after the same step, since
+    # torchrun kills its workers 30 s after it forwards a SIGTERM, and a second signal must not lose the checkpoint.
+    with StopRequest(log, second_aborts=not world.active) as stop:
+        asked = (lambda: any_true(stop.requested, world)) if world.active else None
         for epoch in range(progress.epoch, trainer.last_epoch):
             if progress.early.exhausted:
                 break
-            row = {"epoch": epoch + 1, **train_one_epoch(trainer, items, epoch)}
+            row = {"epoch": epoch + 1, **train_one_epoch(trainer, items, epoch, progress.within, asked)}
+            progress.within = row.pop("within", None)
+            if progress.within is not None:  # every rank stopped after the same step
+                if main:
+                    save_checkpoint(trainer, folder, progress, pending_best)
+                barrier(world)
+                raise TrainingStopped(f"{folder.root}: stopped in epoch {epoch + 1}/{trainer.last_epoch}, after step "
+                                      f"{progress.within.step} ({stop.name or 'a stop request on another process'}); "
+                                      f"continue with `medcls train --resume {resume_root or folder.root}` (any "
+                                      "number of processes)", stop.signum or 15)
+            if world.active:  # the weights are the same on every rank; batch-norm statistics are made so
+                broadcast_tensors(list(trainer.eval_model.buffers()), world)
             if val is not None:
                 scores = validate(trainer, val)
                 improved = progress.early.update(scores["val_auc"])
@@ -482,27 +657,40 @@ def train_pass(cfg: TrainConfig, folder: RunFolder, data: TrainingData, train: I
                    **{k: v for k, v in row.items() if k not in ("epoch", "train_loss")}}
             progress.history.append(row)
             progress.epoch = epoch + 1
-            if improved:
+            if improved and main:
                 pending_best = weights_snapshot(trainer.eval_model)  # written with the next checkpoint
             final = epoch + 1 == trainer.last_epoch or progress.early.exhausted
-            stopping = stop.requested and not final
-            if final or stopping or time.monotonic() - last_checkpoint >= cfg.checkpoint_every:
+            requested = any_true(stop.requested, world)  # asked during validation, on any rank
+            stopping = requested and not final
+            if main and (final or stopping or time.monotonic() - last_checkpoint >= cfg.checkpoint_every):
                 save_checkpoint(trainer, folder, progress, pending_best)
                 pending_best, last_checkpoint = None, time.monotonic()
-            folder.write_history(progress.history)
-            _log_epoch(row, trainer, improved, cfg.semi == "pseudo")
+            if main:
+                folder.write_history(progress.history)
+            _log_epoch(row, trainer, improved, cfg.semi == "pseudo", log)
             if stopping:
+                barrier(world)
                 raise TrainingStopped(f"{folder.root}: stopped after epoch {epoch + 1}/{trainer.last_epoch} "
-                                      f"({stop.name}); continue with "
-                                      f"`medcls train --resume {resume_root or folder.root}`", stop.signum)
-    if not folder.best.is_file():
+                                      f"({stop.name or 'a stop request on another process'}); continue with "
+                                      f"`medcls train --resume {resume_root or folder.root}`", stop.signum or 15)
+    if main and not folder.best.is_file():
         save_weights(trainer.eval_model, folder.best)
     return progress.history, trainer.schedule
 
 
-def _log_epoch(row: dict, trainer: Trainer, improved: bool, pseudo: bool) -> None:
+def _note_world(folder: RunFolder, config: RunConfig) -> None:
+    """A resume in another number of processes: ``config.json`` says which sizes trained the run."""
+    done = folder.read_config()
+    before = (done.distributed or {}).get("world_sizes") or [(done.distributed or {}).get("world_size", 1)]
+    now = (config.distributed or {}).get("world_size", 1)
+    if before[-1] != now:
+        info = dict(config.distributed or {"world_size": 1}, world_sizes=[*before, now])
+        folder.write_config(replace(done, distributed=info))
+
+
+def _log_epoch(row: dict, trainer: Trainer, improved: bool, pseudo: bool, log=_log) -> None:
     scores = (f"  val_loss {row['val_loss']:.4f}  val_auc {row['val_auc']:.4f}  val_acc {row['val_acc']:.4f}"
               if "val_auc" in row else "")
-    _log(f"epoch {row['epoch']:3d}/{trainer.last_epoch}  loss {row['train_loss']:.4f}{scores}  "
+    log(f"epoch {row['epoch']:3d}/{trainer.last_epoch}  loss {row['train_loss']:.4f}{scores}  "
          f"{row['images_per_s']:.0f} img/s" + (f"  {row['n_pseudo']} pseudo-labelled" if pseudo else "")
          + ("  *" if improved else ""))

@@ -77,13 +77,14 @@ def teacher_update(teacher: nn.Module, student: nn.Module, step: int, decay: flo
 
 
 def consistency_loss(method: str, model: nn.Module, teacher: nn.Module | None, unlabelled: torch.Tensor, norm,
-                     weak, strong, gen: torch.Generator, step: int, total_steps: int) -> torch.Tensor:
+                     weak, strong, gen: torch.Generator, step: int, total_steps: int, share=None) -> torch.Tensor:
     """FixMatch or mean-teacher loss on an unlabelled batch (float, [0, 1], on the device).
 
     FixMatch: the model's confident predictions on weakly augmented images are
     the targets for strongly augmented ones. Mean teacher: the student's
     probabilities should match the teacher's under different noise, weighted by
-    the authors' sigmoid ramp-up over the first 30 % of training.
+    the authors' sigmoid ramp-up over the first 30 % of training. ``share``:
+    the batch is this process's block of a larger one (see :class:`~medcls.train.augment.Augment`).
     """
     from medcls.models import AuxOutputs
 
@@ -93,13 +94,13 @@ def consistency_loss(method: str, model: nn.Module, teacher: nn.Module | None, u
 
     if method == "fixmatch":
         with torch.no_grad():
-            p = torch.softmax(logits(model, norm(weak(unlabelled, gen))).float(), 1)
+            p = torch.softmax(logits(model, norm(weak(unlabelled, gen, share))).float(), 1)
             conf, pseudo = p.max(1)
             mask = (conf >= CONFIDENT).float()
-        ls = F.cross_entropy(logits(model, norm(strong(unlabelled, gen))).float(), pseudo, reduction="none")
+        ls = F.cross_entropy(logits(model, norm(strong(unlabelled, gen, share))).float(), pseudo, reduction="none")
         return (ls * mask).mean()
     ramp = math.exp(-5 * (1 - min(1.0, step / max(1, 0.3 * total_steps))) ** 2)
     with torch.no_grad():
-        pt = torch.softmax(logits(teacher.train(), norm(weak(unlabelled, gen))).float(), 1)
-    ps = torch.softmax(logits(model, norm(weak(unlabelled, gen))).float(), 1)
+        pt = torch.softmax(logits(teacher.train(), norm(weak(unlabelled, gen, share))).float(), 1)
+    ps = torch.softmax(logits(model, norm(weak(unlabelled, gen, share))).float(), 1)
     return 10.0 * ramp * F.mse_loss(ps, pt)

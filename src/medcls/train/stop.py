@@ -11,16 +11,19 @@ __all__ = ["StopRequest", "EarlyStopping"]
 class StopRequest:
     """While active, the first SIGINT/SIGTERM asks training to stop after the epoch's checkpoint.
 
-    A second one raises ``KeyboardInterrupt`` at once (losing the epoch in progress).
-    Only the main thread can take signals; elsewhere this does nothing.
+    A second one raises ``KeyboardInterrupt`` at once (losing the epoch in progress),
+    unless ``second_aborts`` is False: under torchrun a Ctrl-C reaches the
+    workers and then the launcher's SIGTERM follows it, and neither may cost
+    the checkpoint. Only the main thread can take signals; elsewhere this does nothing.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, log=print) -> None:
+    def __init__(self, log=print, second_aborts: bool = True) -> None:
         self.signum: int | None = None
         self._old: dict = {}
         self._log = log
+        self._second_aborts = second_aborts
 
     @property
     def requested(self) -> bool:
@@ -38,11 +41,17 @@ class StopRequest:
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:
+            if not self._second_aborts:
+                return
             self.__exit__()
             raise KeyboardInterrupt
         self.signum = signum
-        self._log(f"\n{signal.Signals(signum).name}: stopping after this epoch, once its checkpoint is written "
-                  "(Ctrl-C again stops now and loses the epoch)")
+        if self._second_aborts:
+            self._log(f"\n{signal.Signals(signum).name}: stopping after this epoch, once its checkpoint is written "
+                      "(Ctrl-C again stops now and loses the epoch)")
+        else:
+            self._log(f"\n{signal.Signals(signum).name}: every process stops after this step, once its checkpoint "
+                      "is written")
 
     def __exit__(self, *exc) -> None:
         for s, h in self._old.items():
