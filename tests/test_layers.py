@@ -11,6 +11,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "medcls"
 LAYERS = {
     "medcls.errors": 0, "medcls._version": 0,
     "medcls._atomic": 1,  # atomic writes, raising errors' WriteError
+    "medcls.distributed": 1,  # torchrun's processes: who this one is, the collectives
     "medcls.io": 2,
     "medcls.modalities": 3,
     "medcls.data": 4,
@@ -19,7 +20,7 @@ LAYERS = {
     "medcls.evaluate": 7,
     "medcls.train": 8, "medcls.classical": 8,
     "medcls.runs": 9,
-    "medcls.cluster": 10, "medcls.explain_run": 10,
+    "medcls.cluster": 10, "medcls.explain_run": 10, "medcls.batch": 10,
     "medcls.serve": 11,
     "medcls.cli": 12, "medcls": 12,
     "medcls.__main__": 13,  # python -m medcls: the command line itself

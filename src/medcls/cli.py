@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -363,8 +364,6 @@ def train(
     of machines) every process trains its block of each global batch; see
     README, "More than one machine".
     """
-    import os
-
     from medcls.train.config import TrainConfig
 
     if nproc is not None:
@@ -444,6 +443,12 @@ def _fit(cfg, resume: bool = False, dist_timeout: float = 600.0) -> Path | None:
                 typer.echo(f"medcls: {exc}", err=True)
             raise _Reported(128 + exc.signum) from None
         evaluate_after_training(root, device=str(devices[0]) if devices else cfg.device, world=world)
+    except RuntimeError as exc:  # a collective that failed: a peer crashed, was killed, or timed out
+        if not world.active or isinstance(exc, MedclsError) or "--debug" in sys.argv:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MedclsError(f"process {world.rank} of {world.size}: lost the other training processes ({first[:200]}); "
+                          f"the run can go on from its last checkpoint with `medcls train --resume {cfg.out}`") from None
     finally:
         shutdown()
     return root if world.is_main else None
@@ -530,10 +535,27 @@ def predict(run: Path = typer.Argument(..., help="Run folder."),
                                                        "explain` does."),
             method: str = typer.Option("gradcam", "--method", help="With --explain: gradcam | gradcam++ | "
                                        "occlusion | ig."),
+            out: Optional[Path] = typer.Option(None, "--out", help="Write one row per input to this .csv or "
+                                               ".parquet, streaming through folders and CSV manifests of any size "
+                                               "(files decoded in --workers processes, written in atomic chunks)."),
+            workers: int = typer.Option(2, "--workers", help="With --out: processes reading and preparing files."),
+            chunk: int = typer.Option(1000, "--chunk", help="With --out: inputs per part file (what a crash can "
+                                      "lose)."),
+            resume: bool = typer.Option(False, "--resume", help="With --out: keep the parts an earlier, stopped job "
+                                        "wrote and predict the rest."),
+            overwrite: bool = typer.Option(False, "--overwrite", help="With --out: replace an existing file."),
+            shard: Optional[str] = typer.Option(None, "--shard", help="With --out: I/N, predict every N-th input "
+                                                "from the I-th (0-based; e.g. a SLURM array index); under torchrun "
+                                                "RANK/WORLD_SIZE. The last shard to finish merges all into --out."),
             device: str = typer.Option("auto", "--device")) -> None:
     """Class and probabilities for each file, prepared as in training (volumes: per slice + aggregate)."""
     from medcls.runs import load_run
 
+    if out is not None:
+        _predict_to_file(run, paths, out, workers=workers, chunk=chunk, resume=resume, overwrite=overwrite,
+                         shard=shard, device=device, allow_gaps=allow_gaps, allow_nonfinite=allow_nonfinite,
+                         as_json=as_json, explain_dir=explain_dir)
+        return
     r = load_run(run, device)
     targets, left_out = _inputs(paths, "predict on")
     if explain_dir is not None:
@@ -586,6 +608,34 @@ def predict(run: Path = typer.Argument(..., help="Run folder."),
                 typer.echo(f"{res.path}: heat map {res.figure}", err=as_json)
     if failed:
         raise typer.Exit(2)
+
+
+def _predict_to_file(run: Path, paths: list[Path], out: Path, *, workers: int, chunk: int, resume: bool,
+                     overwrite: bool, shard: Optional[str], device: str, allow_gaps: bool, allow_nonfinite: bool,
+                     as_json: bool, explain_dir: Optional[Path]) -> None:
+    from medcls.batch import Shard, describe, predict_to_file
+    from medcls.distributed import launched
+    from medcls.runs import load_run
+
+    if as_json or explain_dir is not None:
+        raise MedclsError("--out writes a file of predictions; --json and --explain go without it")
+    if workers < 0:
+        raise MedclsError(f"--workers must be 0 (read in this process) or more, got {workers}")
+    if shard is not None and launched():
+        raise MedclsError("under torchrun each process takes its shard from RANK/WORLD_SIZE; leave out --shard")
+    sh = Shard.parse(shard) if shard is not None else Shard.from_env()
+    if launched() and device in ("auto", "cuda"):
+        import torch
+
+        if torch.cuda.is_available():  # each torchrun process its own GPU
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0')) % torch.cuda.device_count()}"
+    for p in paths:
+        if not p.exists():
+            raise MedclsError(f"{p}: no such file or folder")
+    summary = predict_to_file(load_run(run, device), paths, out, workers=workers, chunk=chunk, shard=sh,
+                              resume=resume, overwrite=overwrite, allow_gaps=allow_gaps,
+                              allow_nonfinite=allow_nonfinite)
+    typer.echo(("" if sh.count == 1 else f"shard {sh.index}/{sh.count}: ") + describe(summary), err=True)
 
 
 def _inputs(paths: list[Path], what: str):

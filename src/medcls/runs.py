@@ -67,6 +67,33 @@ def load_run(root: str | Path, device: str = "auto", world: World = SINGLE):
     return run
 
 
+def read_prepared(path, preparation: Preparation, series_uid: str | None = None, *, allow_gaps: bool = False,
+                  allow_nonfinite: bool = False) -> PreparedFile:
+    """A file read, checked and prepared by ``preparation`` (see :meth:`_Run.read_prepared`).
+
+    A function of its arguments alone, so that worker processes can run it.
+    """
+    arr, meta = read(path, series_uid=series_uid, allow_gaps=allow_gaps)
+    arr = check_values(arr, meta, allow_nonfinite=allow_nonfinite)
+    notes = list(meta.extra.get("warnings", [])) + list(meta.extra.get("gaps", [])) + _unfamiliar(meta, preparation)
+    return PreparedFile(arr, meta, _to_uint8(prepare(arr, meta, preparation)), notes,
+                        list(meta.extra.get("skipped", [])))
+
+
+def _unfamiliar(meta, preparation: Preparation) -> list[str]:
+    """How a file differs from what the run was trained on (modality, colour)."""
+    out = []
+    trained = preparation.modality if preparation.modality != "auto" else None
+    own = modality_family(meta.modality)
+    if trained and own != "other" and own != trained:
+        out.append(f"a {meta.modality} image, prepared as {trained} like the run's training data; the run has "
+                   f"not seen {meta.modality} images")
+    colour = meta.channels == 3
+    if colour and preparation.channels == 1:
+        out.append("a colour image, made grey for a model trained on grey images")
+    return out
+
+
 def _to_uint8(items: np.ndarray) -> np.ndarray:
     """Prepared items in [0, 1] as the uint8 a dataset holds (what training saw)."""
     return (np.clip(items, 0, 1) * 255.0 + 0.5).astype(np.uint8)
@@ -111,11 +138,8 @@ class _Run(abc.ABC):
         what the answer should be read with: values replaced, slices left out, a
         modality or channel count the run was not trained on.
         """
-        arr, meta = read(path, series_uid=series_uid, allow_gaps=allow_gaps)
-        arr = check_values(arr, meta, allow_nonfinite=allow_nonfinite)
-        notes = list(meta.extra.get("warnings", [])) + list(meta.extra.get("gaps", [])) + self._unfamiliar(meta)
-        return PreparedFile(arr, meta, _to_uint8(prepare(arr, meta, self.preparation)), notes,
-                            list(meta.extra.get("skipped", [])))
+        return read_prepared(path, self.preparation, series_uid, allow_gaps=allow_gaps,
+                             allow_nonfinite=allow_nonfinite)
 
     def prepare_file(self, path, series_uid: str | None = None, *, allow_gaps: bool = False,
                      allow_nonfinite: bool = False, notes: list[str] | None = None,
@@ -127,19 +151,6 @@ class _Run(abc.ABC):
         if skipped is not None:
             skipped += p.skipped
         return p.items
-
-    def _unfamiliar(self, meta) -> list[str]:
-        """How a file differs from what the run was trained on (modality, colour)."""
-        out = []
-        trained = self.preparation.modality if self.preparation.modality != "auto" else None
-        own = modality_family(meta.modality)
-        if trained and own != "other" and own != trained:
-            out.append(f"a {meta.modality} image, prepared as {trained} like the run's training data; the run has "
-                       f"not seen {meta.modality} images")
-        colour = meta.channels == 3
-        if colour and self.preparation.channels == 1:
-            out.append("a colour image, made grey for a model trained on grey images")
-        return out
 
     def predict_files(self, paths, *, allow_gaps: bool = False, allow_nonfinite: bool = False) -> list:
         """One :class:`FilePrediction` or :class:`~medcls.errors.ReadError` per path, in order.

@@ -15,7 +15,8 @@ from medcls.io.limits import check_pixels, max_pixels, not_regular_reason, pixel
 from medcls.io.meta import ImageMeta
 
 __all__ = ["read", "ImageMeta", "detect_format", "iter_image_files", "list_image_files", "IMAGE_SUFFIXES",
-           "max_pixels", "pixel_limit", "check_pixels", "require_regular_file", "check_values", "collect_inputs"]
+           "max_pixels", "pixel_limit", "check_pixels", "require_regular_file", "check_values", "collect_inputs",
+           "iter_inputs"]
 
 IMAGE_SUFFIXES = {".dcm", ".dicom", ".nii", ".gz", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npz", ".ima"}
 
@@ -121,28 +122,29 @@ def _is_image_name(p: Path) -> bool:
     return suf in IMAGE_SUFFIXES or suf == "" or p.name.lower().endswith(".nii.gz")
 
 
-def list_image_files(folder: str | Path, recursive: bool = True) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Image-like files under ``folder`` (by suffix, plus suffix-less files), sorted, and what was left out.
+def _walk_image_dirs(folder: str | Path, recursive: bool = True):
+    """Per folder under ``folder`` (sorted, top down): ``(folder, its image-like files, what it left out)``.
 
     Symbolic links are followed, but a folder reached twice (a link loop) is
-    listed once; FIFOs, devices and sockets are never opened. Hidden files are
-    ignored; anything else left out is returned with its reason.
+    listed once; FIFOs, devices and sockets are never opened. Hidden files and
+    folders are ignored. One folder's names are in memory at a time.
     """
     import os
 
-    folder = Path(folder)
-    files: list[Path] = []
-    skipped: list[tuple[str, str]] = []
     seen: set[tuple[int, int]] = set()
-    for here, dirs, names in os.walk(folder, followlinks=True, onerror=lambda e: skipped.append(
+    errors: list[tuple[str, str]] = []
+    for here, dirs, names in os.walk(Path(folder), followlinks=True, onerror=lambda e: errors.append(
             (str(e.filename), f"cannot list folder ({e.strerror or e})"))):
+        skipped, errors[:] = list(errors), []
         st = os.stat(here)
         if (st.st_dev, st.st_ino) in seen:
             skipped.append((here, "a folder already listed (symbolic link loop)"))
             dirs[:] = []
+            yield Path(here), [], skipped
             continue
         seen.add((st.st_dev, st.st_ino))
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
+        files: list[Path] = []
         for name in sorted(names):
             p = Path(here) / name
             if name.startswith("."):
@@ -154,7 +156,58 @@ def list_image_files(folder: str | Path, recursive: bool = True) -> tuple[list[P
                 files.append(p)
             else:
                 skipped.append((str(p), f"not an image file (suffix {p.suffix})"))
+        yield Path(here), files, skipped
+    if errors:
+        yield Path(folder), [], errors
+
+
+def list_image_files(folder: str | Path, recursive: bool = True) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Image-like files under ``folder`` (by suffix, plus suffix-less files), sorted, and what was left out.
+
+    Symbolic links are followed, but a folder reached twice (a link loop) is
+    listed once; FIFOs, devices and sockets are never opened. Hidden files are
+    ignored; anything else left out is returned with its reason.
+    """
+    files: list[Path] = []
+    skipped: list[tuple[str, str]] = []
+    for _, f, s in _walk_image_dirs(folder, recursive):
+        files += f
+        skipped += s
     return sorted(files), skipped
+
+
+def iter_inputs(paths):
+    """:func:`collect_inputs` as a stream: ``(target, None)`` or ``(None, (path, why))``, folder by folder.
+
+    Only one folder's listing is held at a time, so a folder tree of millions
+    of files can be predicted on (``medcls predict --out``).
+    """
+    from medcls.io.series import scan_series
+
+    for p in map(Path, paths):
+        if not p.is_dir():
+            yield p, None
+            continue
+        for d, files, left_out in _walk_image_dirs(p, recursive=True):
+            for s in left_out:
+                yield None, s
+            if not files:
+                continue
+            listed = {str(f) for f in files}
+            scan = scan_series(d)
+            multi = [(uid, s) for uid, s in scan.series.items() if len(s.files) > 1]
+            for uid, s in scan.series.items():
+                if len(s.files) == 1:
+                    yield s.files[0], None
+                else:
+                    yield (d if len(multi) == 1 else (d, uid)), None
+            for f, why in scan.skipped:
+                if f not in listed:
+                    continue  # a hidden file, or one already listed as left out
+                if why == "not a DICOM file":
+                    yield Path(f), None  # another kind of image: its own reader decides
+                else:
+                    yield None, (f, why)
 
 
 def collect_inputs(paths) -> tuple[list, list[tuple[str, str]]]:
@@ -166,32 +219,13 @@ def collect_inputs(paths) -> tuple[list, list[tuple[str, str]]]:
     single-file series (a folder of radiographs) — and each other image file
     (PNG, NIfTI, ...) in it.
     """
-    from medcls.io.series import scan_series
-
     targets: list = []
     skipped: list[tuple[str, str]] = []
-    for p in map(Path, paths):
-        if not p.is_dir():
-            targets.append(p)
-            continue
-        files, left_out = list_image_files(p, recursive=True)
-        skipped += left_out
-        listed = {str(f) for f in files}
-        for d in sorted({f.parent for f in files}):
-            scan = scan_series(d)
-            multi = [(uid, s) for uid, s in scan.series.items() if len(s.files) > 1]
-            for uid, s in scan.series.items():
-                if len(s.files) == 1:
-                    targets.append(s.files[0])
-                else:
-                    targets.append(d if len(multi) == 1 else (d, uid))
-            for f, why in scan.skipped:
-                if f not in listed:
-                    continue  # a hidden file, or one already listed as left out
-                if why == "not a DICOM file":
-                    targets.append(Path(f))  # another kind of image: its own reader decides
-                else:
-                    skipped.append((f, why))
+    for target, left_out in iter_inputs(paths):
+        if target is not None:
+            targets.append(target)
+        else:
+            skipped.append(left_out)
     return targets, skipped
 
 

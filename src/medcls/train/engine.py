@@ -511,9 +511,10 @@ def train_one_epoch(trainer: Trainer, items: PassItems, epoch: int, start: Epoch
         order = torch.randperm(n, generator=gen).numpy()
     bs = t.schedule.batch_size
     t0, seen, loss_sum, secs0, first = time.perf_counter(), 0, 0.0, 0.0, 0
-    if start is not None:
+    if start is not None:  # its loss sum is every rank's: rank 0 carries it on
         gen.set_state(start.generator)
-        first, seen, loss_sum, secs0 = start.step, start.seen, start.loss_sum, start.seconds
+        first, seen, secs0 = start.step, start.seen, start.seconds
+        loss_sum = start.loss_sum if world.is_main else 0.0
     bar = _progress(n, f"epoch {epoch + 1}/{t.last_epoch}", world)
     bar.update(min(n, first * bs))
     within = None
@@ -547,8 +548,9 @@ def train_one_epoch(trainer: Trainer, items: PassItems, epoch: int, start: Epoch
         bar.update(len(idx))
         bar.set_postfix(loss=f"{loss_sum * world.size / max(1, seen):.4f}",  # rank 0's estimate
                         img_s=f"{(seen - (start.seen if start else 0)) / (time.perf_counter() - t0):.0f}")
-        if stop_requested is not None and stop_requested():
-            within = EpochPosition(step + 1, gen.get_state(), loss_sum, seen, secs0 + time.perf_counter() - t0)
+        if stop_requested is not None and stop_requested():  # on every rank at once: a collective is safe here
+            total = all_sum([loss_sum], world)[0]
+            within = EpochPosition(step + 1, gen.get_state(), total, seen, secs0 + time.perf_counter() - t0)
             break
     bar.close()
     secs = secs0 + time.perf_counter() - t0
