@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import os
 import shutil
 import subprocess
@@ -79,11 +80,13 @@ def train_scaling(tmp: Path, sizes: list[int], device: str, samples: int, epochs
 
 
 def _dicom_folder(dest: Path, n: int) -> Path:
-    """``n`` real DICOM files that decode, in folders of 100 (copies of pydicom's test files)."""
+    """``n`` real DICOM files that decode, in folders of 100: pydicom's single-frame test files, each copy made a
+    series of its own (new Series and SOP Instance UIDs), as an archive of radiographs would be."""
     import pydicom
+    from pydicom.uid import generate_uid
 
-    from medcls.io import check_values, read
     from medcls.errors import ReadError
+    from medcls.io import check_values, read
 
     src = Path(pydicom.data.get_testdata_file("CT_small.dcm")).parent
     good = []
@@ -93,13 +96,22 @@ def _dicom_folder(dest: Path, n: int) -> Path:
             check_values(arr, meta)
         except ReadError:
             continue
-        if meta.frames <= 1 and f.stat().st_size < 2_000_000:
-            good.append(f)
+        if meta.frames > 1 or f.stat().st_size > 2_000_000:
+            continue
+        ds = pydicom.dcmread(f)
+        try:  # a few test files are deliberately malformed and cannot be written back
+            ds.save_as(io.BytesIO())
+        except Exception:  # noqa: BLE001
+            continue
+        good.append(ds)
     for i in range(n):
         d = dest / f"batch{i // 100:04d}"
         d.mkdir(parents=True, exist_ok=True)
-        f = good[i % len(good)]
-        shutil.copy(f, d / f"{i:06d}_{f.name}")
+        ds = good[i % len(good)]
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid()
+        if "MediaStorageSOPInstanceUID" in getattr(ds, "file_meta", {}):
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(d / f"{i:06d}.dcm")
     return dest
 
 

@@ -368,8 +368,8 @@ def predict_to_file(run, sources, out: str | Path, *, workers: int = 2, chunk: i
             p = probs[at:at + len(x)].mean(0)
             at += len(x)
             row.update({f"p_{c}": round(float(v), 6) for c, v in zip(names, p)})
-            row["class"] = (names[int(p.argmax())] if run.task != "multilabel"
-                            else ";".join(c for c, v in zip(names, p) if v >= 0.5))
+            answer = run.decide(p)  # at the run's operating point, when it has one
+            row["class"] = ";".join(answer) if isinstance(answer, list) else answer
         waiting.clear()
 
     def flush(k: int) -> None:

@@ -350,6 +350,11 @@ def train(
                                  "statistics over the whole global batch instead of each process's block."),
     dist_timeout: float = typer.Option(600.0, "--dist-timeout", help="Data parallel: seconds a process waits for "
                                        "the others (a lost peer is an error after this, not a hang)."),
+    operating_point: Optional[str] = typer.Option(None, "--operating-point", help="Binary: after training, choose "
+                                                  "the decision threshold on validation (sens=X | spec=X | "
+                                                  "youden), as `medcls evaluate --operating-point` does."),
+    prevalence: Optional[float] = typer.Option(None, "--prevalence", help="With --operating-point: PPV and NPV at "
+                                               "this prevalence."),
     modality: str = _MODALITY,
     ct_windows: Optional[str] = _CT_WINDOWS,
     file_window: bool = _FILE_WINDOW,
@@ -366,6 +371,9 @@ def train(
     """
     from medcls.train.config import TrainConfig
 
+    if sync_bn and (device == "cpu" or not _cuda()):  # refused before any process is started
+        raise MedclsError("--sync-bn needs CUDA devices: torch's SyncBatchNorm has no CPU kernel (on CPUs each "
+                          "process's batch-norm uses its own block of the batch)")
     if nproc is not None:
         _hand_to_torchrun(ctx, nproc)
         return
@@ -374,11 +382,13 @@ def train(
         # torchrun --max-restarts ran the same command again after a failure: go on from the checkpoint
         resume, ctx = out, None
     if resume is not None:
-        given = [] if ctx is None else ["/".join(p.opts + p.secondary_opts) for p in ctx.command.params if p.name not in ("resume", "checkpoint_every")
-                 and getattr(ctx.get_parameter_source(p.name), "name", None) == "COMMANDLINE"]
+        free = ("resume", "checkpoint_every", "dist_timeout", "operating_point", "prevalence")  # they move no result
+        given = [] if ctx is None else ["/".join(p.opts + p.secondary_opts) for p in ctx.command.params
+                                        if p.name not in free
+                                        and getattr(ctx.get_parameter_source(p.name), "name", None) == "COMMANDLINE"]
         if given:
             raise MedclsError(f"--resume continues {resume} with its own configuration; drop "
-                              f"{', '.join(given)} (only --checkpoint-every may change), or train a new run")
+                              f"{', '.join(given)} (only --checkpoint-every, --dist-timeout and the operating point may change), or train a new run")
         folder = RunFolder(resume)
         if folder.config.is_file():
             done = folder.read_config()
@@ -390,7 +400,8 @@ def train(
         cfg.out = str(resume)
         if checkpoint_every is not None:  # the one setting a resume may change: it moves no result
             cfg = dataclasses.replace(cfg, checkpoint_every=checkpoint_every)
-        root = _fit(cfg, resume=True, dist_timeout=dist_timeout)
+        root = _fit(cfg, resume=True, dist_timeout=dist_timeout, operating_point=operating_point,
+                    prevalence=prevalence)
     else:
         if data is None:
             raise MedclsError("--data is required (a MedMNIST name, .npz, class folder or CSV manifest)")
@@ -408,7 +419,7 @@ def train(
                           file_window=file_window, clahe=clahe, us_crop=us_crop, mr_norm=mr_norm,
                           volume_axis=volume_axis, sync_bn=sync_bn)
         _refuse_to_replace(Path(cfg.out), overwrite or restarted)
-        root = _fit(cfg, dist_timeout=dist_timeout)
+        root = _fit(cfg, dist_timeout=dist_timeout, operating_point=operating_point, prevalence=prevalence)
     if root is not None:
         _print_metrics(root)
 
@@ -424,7 +435,8 @@ def _refuse_to_replace(out: Path, overwrite: bool) -> None:
         raise MedclsError(f"{out} already holds a run; pass --overwrite to replace it{resume}, or choose another --out")
 
 
-def _fit(cfg, resume: bool = False, dist_timeout: float = 600.0) -> Path | None:
+def _fit(cfg, resume: bool = False, dist_timeout: float = 600.0, operating_point: str | None = None,
+         prevalence: float | None = None) -> Path | None:
     """Train, then evaluate the run; a stop on request (Ctrl-C, SIGTERM) says how to resume, exit 128 + signal.
 
     Under torchrun every process trains and evaluates its share; rank 0 writes
@@ -442,7 +454,8 @@ def _fit(cfg, resume: bool = False, dist_timeout: float = 600.0) -> Path | None:
             if world.is_main:
                 typer.echo(f"medcls: {exc}", err=True)
             raise _Reported(128 + exc.signum) from None
-        evaluate_after_training(root, device=str(devices[0]) if devices else cfg.device, world=world)
+        evaluate_after_training(root, device=str(devices[0]) if devices else cfg.device, world=world,
+                                operating_point=operating_point, prevalence=prevalence)
     except RuntimeError as exc:  # a collective that failed: a peer crashed, was killed, or timed out
         if not world.active or isinstance(exc, MedclsError) or "--debug" in sys.argv:
             raise
@@ -452,6 +465,12 @@ def _fit(cfg, resume: bool = False, dist_timeout: float = 600.0) -> Path | None:
     finally:
         shutdown()
     return root if world.is_main else None
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _hand_to_torchrun(ctx: typer.Context, nproc: int) -> None:
@@ -505,6 +524,32 @@ def _print_metrics(root: Path) -> None:
                        f"{x['auc_ci95'][1]:.3f})  sensitivity {x['sensitivity']:.3f}  "
                        f"specificity {x['specificity']:.3f}  "
                        + (f"ECE {x['ece']:.3f}  " if "ece" in x else "") + f"n={x['n']}")
+            if x.get("operating_point"):
+                op = x["operating_point"]
+                at = op.get("at_prevalence")
+                typer.echo(f"  at {op['target']} (threshold {op['threshold']:.4f}, chosen on validation): "
+                           f"sensitivity {op['sensitivity']:.3f} ({op['sensitivity_ci95'][0]:.3f}-"
+                           f"{op['sensitivity_ci95'][1]:.3f})  specificity {op['specificity']:.3f} "
+                           f"({op['specificity_ci95'][0]:.3f}-{op['specificity_ci95'][1]:.3f})  PPV {op['ppv']:.3f}"
+                           f"  NPV {op['npv']:.3f}" + (f"  (at prevalence {at['prevalence']:g}: PPV "
+                                                        f"{at['ppv']:.3f}, NPV {at['npv']:.3f})" if at else ""))
+            if x.get("patient_level"):
+                g = x["patient_level"]
+                typer.echo(f"  per {g['column']} ({g['groups']} groups of {g['images']} images, {g['rule']}): "
+                           f"ACC {g['acc']:.4f}  AUC {g['auc']:.4f} (95% CI {g['auc_ci95'][0]:.3f}-"
+                           f"{g['auc_ci95'][1]:.3f})  sensitivity {g['sensitivity']:.3f}  "
+                           f"specificity {g['specificity']:.3f}")
+            for col, sub in (x.get("subgroups") or {}).items():
+                for v, r in sub["values"].items():
+                    typer.echo(f"  {col}={v}: n={r['n']}" + (f"  ACC {r['acc']:.4f}  AUC {r['auc']:.4f} (95% CI "
+                                                             f"{r['auc_ci95'][0]:.3f}-{r['auc_ci95'][1]:.3f})"
+                                                             if "auc" in r else f"  ({r.get('note', '')})"))
+                if "largest_auc_gap" in sub:
+                    gap = sub["largest_auc_gap"]
+                    typer.echo(f"  largest AUC gap by {col}: {gap['gap']:.4f} (weakest: {gap['weakest']})")
+            if "qwk" in x:
+                typer.echo(f"  graded: quadratic-weighted kappa {x['qwk']:.3f}  mean absolute grade error "
+                           f"{x['mae_grade']:.3f}")
     typer.echo(f"report: {folder.report}")
 
 
@@ -513,12 +558,58 @@ def evaluate(run: Path = typer.Argument(..., help="Run folder."),
              data: Optional[str] = typer.Option(None, "--data", help="Another dataset with the same classes."),
              split: str = typer.Option("test", "--split", help="train | val | test"),
              data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=_RUN_DATA_DIR_HELP),
+             operating_point: Optional[str] = typer.Option(None, "--operating-point", help="Binary runs: choose "
+                                                           "the decision threshold on validation for sens=X, "
+                                                           "spec=X or youden; saved in the run, used by predict "
+                                                           "and serve."),
+             prevalence: Optional[float] = typer.Option(None, "--prevalence", help="Also report PPV and NPV at "
+                                                        "this prevalence of the positive class."),
+             by: Optional[str] = typer.Option(None, "--by", help="Manifest columns (comma-separated, e.g. "
+                                              "sex,site): metrics per subgroup with CIs, and the largest AUC gap."),
+             group: Optional[str] = typer.Option(None, "--group", help="Manifest column whose images form one case "
+                                                 "(patient, study, lesion) [default: patient_id, when there]."),
+             aggregate: str = typer.Option("mean", "--aggregate", help="How a group's image probabilities combine: "
+                                           "mean | max | noisy-or."),
              device: str = typer.Option("auto", "--device")) -> None:
     """Metrics (ACC, AUC with 95% CI, sensitivity, specificity, F1, confusion), plots, report."""
     from medcls.runs import evaluate_run
 
-    evaluate_run(run, data=data, splits=(split,), device=device, data_dir=str(data_dir) if data_dir else None)
+    columns = [c.strip() for c in by.split(",") if c.strip()] if by else None
+    evaluate_run(run, data=data, splits=(split,), device=device, data_dir=str(data_dir) if data_dir else None,
+                 operating_point=operating_point, prevalence=prevalence, by=columns, group=group, rule=aggregate)
     _print_metrics(run)
+
+
+@app.command()
+def compare(run_a: Path = typer.Argument(..., help="Run folder A."),
+            run_b: Path = typer.Argument(..., help="Run folder B (the same classes)."),
+            data: Optional[str] = typer.Option(None, "--data", help="Another dataset with the same classes "
+                                               "[default: A's]."),
+            split: str = typer.Option("test", "--split", help="val | test"),
+            data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=_RUN_DATA_DIR_HELP),
+            as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+            device: str = typer.Option("auto", "--device")) -> None:
+    """Paired comparison of two runs on the same cases: DeLong's test of the AUCs, McNemar's of the decisions."""
+    from medcls.runs import compare_runs
+
+    c = compare_runs(run_a, run_b, data=data, split=split, device=device,
+                     data_dir=str(data_dir) if data_dir else None)
+    if as_json:
+        typer.echo(json.dumps(c, indent=2))
+        return
+    typer.echo(f"{c['dataset']} {c['split']}, n={c['n']}: A = {c['model_a']} ({c['run_a']}), "
+               f"B = {c['model_b']} ({c['run_b']})")
+    bs = c["auc_bootstrap"]
+    typer.echo(f"AUC  A {c['auc_a']:.4f}  B {c['auc_b']:.4f}  A - B {bs['diff']:+.4f} "
+               f"(paired bootstrap 95% CI {bs['ci95'][0]:+.4f} to {bs['ci95'][1]:+.4f}, {bs['n_boot']} resamples)")
+    if "delong" in c:
+        d = c["delong"]
+        typer.echo(f"DeLong: A - B {d['diff']:+.4f} (95% CI {d['diff_ci95'][0]:+.4f} to {d['diff_ci95'][1]:+.4f}), "
+                   f"z = {d['z']:.2f}, p = {d['p']:.4g}")
+    if "mcnemar" in c:
+        m = c["mcnemar"]
+        typer.echo(f"McNemar (argmax): ACC A {m['acc_a']:.4f}  B {m['acc_b']:.4f}; A right & B wrong "
+                   f"{m['a_right_b_wrong']}, A wrong & B right {m['a_wrong_b_right']}, exact p = {m['p']:.4g}")
 
 
 @app.command()
@@ -568,10 +659,10 @@ def predict(run: Path = typer.Argument(..., help="Run folder."),
             records.append({"path": res.path, "error": res.problem})
             failed = True
             continue
-        k = int(res.probs.argmax()) if r.task != "multilabel" else None
         rec = {"path": res.path, **({"series_uid": res.series_uid} if res.series_uid else {}),
-               "class": r.class_names[k] if k is not None else [n for n, p in zip(r.class_names, res.probs) if p >= 0.5],
-               "probabilities": {n: round(float(p), 6) for n, p in zip(r.class_names, res.probs)}}
+               "class": r.decide(res.probs),
+               "probabilities": {n: round(float(p), 6) for n, p in zip(r.class_names, res.probs)},
+               **({"threshold": r.threshold} if r.threshold is not None else {})}
         if len(res.item_probs) > 1:
             rec["items"] = len(res.item_probs)
             rec["per_item"] = [[round(float(v), 6) for v in row] for row in res.item_probs]

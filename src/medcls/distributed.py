@@ -27,7 +27,7 @@ import torch
 from medcls.errors import MedclsError
 
 __all__ = ["World", "SINGLE", "DEFAULT_TIMEOUT_S", "launched", "init_world", "shutdown", "shard", "all_sum",
-           "any_true", "gather_rows", "broadcast", "broadcast_tensors", "barrier"]
+           "any_true", "gather_rows", "broadcast_tensors", "barrier"]
 
 # A lost peer (a crashed or pre-empted machine) makes every collective wait this long before it fails;
 # torch's own default (10 min for NCCL, 30 for gloo) is kept for the longest step medcls has, a rank-0
@@ -178,17 +178,6 @@ def broadcast_tensors(tensors, world: World) -> None:
             c = t.to(world.comm_device())
             dist.broadcast(c, src=0)
             t.copy_(c)
-
-
-def broadcast(obj, world: World):
-    """Rank 0's value of ``obj`` on every rank (a decision all ranks must share)."""
-    if not world.active:
-        return obj
-    import torch.distributed as dist
-
-    box = [obj]
-    dist.broadcast_object_list(box, src=0, device=world.comm_device())
-    return box[0]
 
 
 def barrier(world: World) -> None:

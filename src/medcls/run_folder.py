@@ -56,6 +56,7 @@ class RunFolder:
     roc = property(lambda self: self.root / "roc.png")
     confusion = property(lambda self: self.root / "confusion.png")
     calibration = property(lambda self: self.root / "calibration.png")
+    decision_curve = property(lambda self: self.root / "decision_curve.png")  # binary runs
     gallery = property(lambda self: self.root / "gallery.png")
     curves = property(lambda self: self.root / "curves.png")
     pipeline = property(lambda self: self.root / "model.skops")  # a classical run's fitted pipeline
@@ -228,6 +229,14 @@ class Refit:
     selection: str = SELECTION
 
 
+def _operating_point(v: Any, path: Path) -> dict | None:
+    if v is None:
+        return None
+    if not isinstance(v, dict) or not isinstance(v.get("threshold"), (int, float)) or not 0 <= v["threshold"] <= 1:
+        raise MedclsError(f"{path}: corrupt run configuration (operating_point needs a threshold from 0 to 1)")
+    return v
+
+
 @dataclass
 class RunConfig:
     """``config.json``: everything to rebuild, evaluate and reproduce a run."""
@@ -242,6 +251,8 @@ class RunConfig:
     device: str | None = None
     # data parallel training (torchrun): {"world_size", "backend", "sync_bn"} of the processes that trained it
     distributed: dict | None = None
+    # binary runs: {"target", "threshold", "chosen_on"}: the decision threshold chosen on validation
+    operating_point: dict | None = None
     classifier: str | None = None  # classical: the classifier chosen on validation
     features: str | None = None  # classical
     comparison: list | None = None  # classical: every classifier tried
@@ -266,7 +277,7 @@ class RunConfig:
             v = getattr(self, name)
             if v is not None:
                 d[name] = v.to_dict() if hasattr(v, "to_dict") else asdict(v)
-        for name in ("device", "distributed", "classifier", "features", "comparison", "members", "member_models"):
+        for name in ("device", "distributed", "operating_point", "classifier", "features", "comparison", "members", "member_models"):
             if getattr(self, name) is not None:
                 d[name] = getattr(self, name)
         return d
@@ -312,6 +323,7 @@ class RunConfig:
             refit=_build(Refit, d["refit"], "refit", path) if d.get("refit") else None,
             device=d.get("device"),
             distributed=d.get("distributed") if isinstance(d.get("distributed"), dict) else None,
+            operating_point=_operating_point(d.get("operating_point"), path),
             classifier=d.get("classifier"),
             features=d.get("features"),
             comparison=d.get("comparison"),

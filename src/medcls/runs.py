@@ -121,6 +121,21 @@ class _Run(abc.ABC):
         """The validation split was trained on (a refit run, or an ensemble with one), so it is no test."""
         return self.config.refit is not None
 
+    @property
+    def threshold(self) -> float | None:
+        """A binary run's decision threshold on the positive class, when an operating point was chosen."""
+        op = self.config.operating_point
+        return float(op["threshold"]) if op and self.task != "multilabel" and len(self.class_names) == 2 else None
+
+    def decide(self, probs: np.ndarray):
+        """The answer for one sample's probabilities: the class (at the operating point for a binary run with
+        one, else the most probable), or the labels at 0.5 for a multi-label run."""
+        names = self.class_names
+        if self.task == "multilabel":
+            return [n for n, p in zip(names, probs) if p >= 0.5]
+        t = self.threshold
+        return names[1 if probs[1] >= t else 0] if t is not None else names[int(np.argmax(probs))]
+
     def load_dataset(self, data: str | None = None, data_dir: str | None = None):
         """The run's dataset, or ``data``; MedMNIST files are looked up in ``data_dir``, else where training was."""
         t = self.config.train
@@ -364,11 +379,24 @@ def make_ensemble(members: list[str | Path], out: str | Path) -> Path:
 
 
 def evaluate_run(root: str | Path, data: str | None = None, splits=("test",), device: str = "auto",
-                 data_dir: str | None = None, world: World = SINGLE) -> dict:
+                 data_dir: str | None = None, world: World = SINGLE, operating_point: str | None = None,
+                 prevalence: float | None = None, by: list[str] | None = None, group: str | None = None,
+                 rule: str = "mean") -> dict:
     """Evaluate a run on splits of its dataset (or of ``data``); update its outputs.
 
     ``world``: the processes of data parallel training share the predictions;
     rank 0 writes the outputs (the others return an empty dict).
+
+    ``operating_point`` (binary runs: ``sens=0.95``, ``spec=0.9``, ``youden``):
+    the decision threshold is chosen on the run's validation split, saved in
+    the run (``predict`` and ``serve`` decide with it) and applied unchanged to
+    every split evaluated, with sensitivity, specificity, PPV and NPV and their
+    Wilson intervals; ``prevalence`` adds PPV and NPV at that prevalence.
+
+    ``group`` (a manifest column; by default its ``patient_id`` when it has
+    one) adds results per group, the images' probabilities aggregated by
+    ``rule`` (mean | max | noisy-or); ``by`` (manifest columns) adds metrics
+    per subgroup and the largest AUC gap between subgroups.
 
     Returns:
         the whole ``metrics.json`` content.
@@ -385,6 +413,8 @@ def evaluate_run(root: str | Path, data: str | None = None, splits=("test",), de
                             f"data; the validation metrics of its first pass are in {run.folder.selection.metrics}")
         raise DataError(f"{run.root} averages a run trained again on train + val (refit), so its val split is "
                         "training data")
+    if operating_point is not None or prevalence is not None:
+        _choose_operating_point(run, ds, operating_point, prevalence, world)
     kept: dict = {}
     results = {s: run.sample_probs(ds, s, **({"keep": kept} if s == "test" and isinstance(run, CNNRun) else {}))
                for s in splits if (ds.splits == s).any()}
@@ -395,11 +425,73 @@ def evaluate_run(root: str | Path, data: str | None = None, splits=("test",), de
     run.world = SINGLE  # the gallery's maps are rank 0's alone
     if kept:
         run.write_gallery(kept["items"], kept["probs"], kept["y"])
-    return write_outputs(run.folder, run.config, results, ds.name)
+    extras = {s: _clinical_extras(run, ds, s, p, y, by, group, rule) for s, (p, y) in results.items()}
+    return write_outputs(run.folder, run.config, results, ds.name, extras)
+
+
+def _clinical_extras(run, ds, split: str, probs, y, by, group, rule) -> dict:
+    """Patient-level and subgroup results of one split (their columns come from the dataset's manifest)."""
+    from medcls.evaluate.clinical import group_level, subgroup_metrics
+
+    cols = ds.columns or {}
+    wanted = [c for c in (by or [])] + ([group] if group else [])
+    missing = [c for c in wanted if c not in cols]
+    if missing:
+        have = ", ".join(sorted(cols)) or "none besides path, label, split and patient_id"
+        raise DataError(f"{ds.source}: no column {missing[0]!r} to group by (its columns: {have})")
+    m = ds.splits == split
+    if len(probs) != int(m.sum()):  # volumes: one result per volume, and no manifest columns
+        return {}
+    out: dict = {}
+    if group:
+        groups, column = cols[group][m], group
+    elif ds.patient_ids is not None:
+        groups, column = ds.patient_ids[m], "patient_id"
+    else:
+        groups = None
+    if groups is not None:
+        groups = np.array([g or f"_image{i}" for i, g in enumerate(groups.astype(str))])  # blank: its own group
+        if len(np.unique(groups)) < len(groups):
+            out["patient_level"] = group_level(probs, y, groups, rule, run.task, run.class_names, column)
+    if by:
+        out["subgroups"] = {c: subgroup_metrics(probs, y, cols[c][m], run.task, run.class_names, c) for c in by}
+    return out
+
+
+def _choose_operating_point(run, ds, target: str | None, prevalence: float | None, world: World) -> None:
+    """Choose (or re-use) the threshold on validation; save it in the run's ``config.json``."""
+    from dataclasses import replace
+
+    from medcls.evaluate.stats import choose_threshold, parse_target
+
+    if run.task == "multilabel" or len(run.class_names) != 2:
+        raise DataError(f"{run.root}: an operating point is a threshold on a binary run's positive class; a "
+                        f"{run.task} run decides by its most probable class")
+    if prevalence is not None and not 0 < prevalence < 1:
+        raise DataError(f"--prevalence must be between 0 and 1, got {prevalence}")
+    op = dict(run.config.operating_point or {})
+    if target is not None:
+        parse_target(target)
+        if run.val_in_training:
+            raise DataError(f"{run.root} was trained on its val split (refit), so no data is left to choose a "
+                            "threshold on without bias; train without --refit, or choose it on the first pass")
+        if ds.name != run.config.data.name or not (ds.splits == "val").any():
+            raise DataError(f"{ds.source}: the threshold is chosen on the run's own validation split")
+        probs, y = run.sample_probs(ds, "val")
+        op = {"target": target, "threshold": choose_threshold(y, probs[:, 1], target), "chosen_on": "val",
+              "dataset": ds.name}
+    elif not op:
+        raise DataError(f"{run.root} has no operating point yet: give --operating-point with --prevalence")
+    if prevalence is not None:
+        op["prevalence"] = float(prevalence)
+    run.config = replace(run.config, operating_point=op)
+    if world.is_main:
+        run.folder.write_config(run.config)
 
 
 def evaluate_after_training(root: str | Path, device: str = "auto", data: str | None = None,
-                            data_dir: str | None = None, world: World = SINGLE) -> dict:
+                            data_dir: str | None = None, world: World = SINGLE,
+                            operating_point: str | None = None, prevalence: float | None = None) -> dict:
     """Evaluate a run just trained (or made): validation and test, or test alone when val was trained on.
 
     A refit run's first pass is evaluated too (on its validation and test splits).
@@ -409,4 +501,44 @@ def evaluate_after_training(root: str | Path, device: str = "auto", data: str | 
         evaluate_run(run.folder.selection.root, data=data, splits=("val", "test"), device=device, data_dir=data_dir,
                      world=world)
     splits = ("test",) if run.val_in_training else ("val", "test")
-    return evaluate_run(root, data=data, splits=splits, device=device, data_dir=data_dir, world=world)
+    return evaluate_run(root, data=data, splits=splits, device=device, data_dir=data_dir, world=world,
+                        operating_point=operating_point, prevalence=prevalence)
+
+
+def compare_runs(root_a: str | Path, root_b: str | Path, data: str | None = None, split: str = "test",
+                 device: str = "auto", data_dir: str | None = None, n_boot: int = 2000) -> dict:
+    """Two runs on the same cases: what a paper needs to claim that A is better than B.
+
+    AUC difference with DeLong's test (binary) and a paired bootstrap CI (any
+    task), McNemar's test on the argmax decisions (binary, multi-class). The
+    cases are ``split`` of A's dataset (or ``data``), per sample.
+    """
+    from medcls.evaluate.metrics import auc_score
+    from medcls.evaluate.stats import delong_test, mcnemar_test, paired_bootstrap
+
+    a, b = load_run(root_a, device), load_run(root_b, device)
+    if not _same_classes(a.config, b.config):
+        raise DataError(f"{b.root} was trained on {list(b.class_names)} ({b.task}), {a.root} on "
+                        f"{list(a.class_names)} ({a.task}): only runs of the same classes can be compared")
+    ds = a.load_dataset(data, data_dir)
+    for r in (a, b):
+        if split == "val" and r.val_in_training and ds.name == r.config.data.name:
+            raise DataError(f"{r.root} was trained on its val split (refit); compare on test")
+    if not (ds.splits == split).any():
+        raise DataError(f"{ds.source}: no {split} split to compare on")
+    pa, y = a.sample_probs(ds, split)
+    pb, yb = b.sample_probs(ds, split)
+    if len(pa) != len(pb) or not np.array_equal(np.asarray(y), np.asarray(yb)):
+        raise DataError(f"{a.root} and {b.root} do not see the same cases of {ds.source} {split} (volume "
+                        "settings differ?); a paired comparison needs the same cases")
+    task = a.task
+    out: dict = {"run_a": str(a.root), "run_b": str(b.root), "model_a": a.config.model_name,
+                 "model_b": b.config.model_name, "dataset": ds.name, "split": split, "n": int(len(y)), "task": task}
+    out["auc_bootstrap"] = paired_bootstrap(y, pa, pb, lambda yy, pp: auc_score(yy, pp, task), n_boot=n_boot)
+    if task != "multilabel" and pa.shape[1] == 2:
+        out["delong"] = delong_test(y, pa[:, 1], pb[:, 1])
+    if task != "multilabel":
+        yy = np.asarray(y).astype(int)
+        out["mcnemar"] = mcnemar_test(pa.argmax(1) == yy, pb.argmax(1) == yy)
+    out["auc_a"], out["auc_b"] = auc_score(y, pa, task), auc_score(y, pb, task)
+    return out

@@ -422,9 +422,11 @@ def create_app(runs, *, token: str | None = None, max_upload_mb: float = 64, bat
                    "probabilities": {c: round(float(p), 6) for c, p in zip(classes, probs)}, **about,
                    "items": len(items)}
             if served.run.task != "multilabel":
-                out["class"] = classes[int(probs.argmax())]
+                out["class"] = served.run.decide(probs)  # at the run's operating point, when it has one
+                if served.run.threshold is not None:
+                    out["threshold"] = served.run.threshold
             else:
-                out["labels"] = [c for c, p in zip(classes, probs) if p >= 0.5]
+                out["labels"] = served.run.decide(probs)
             if len(items) > 1:
                 out["per_item"] = [[round(float(v), 6) for v in row] for row in probs_items]
             if preview:

@@ -92,10 +92,10 @@ def _worker_pids(launcher: int) -> dict[int, int]:
     return out
 
 
-def _torchrun_train(args, wait_for: str, then, timeout=240):
+def _torchrun_train(args, wait_for: str, then, timeout=240, restarts=0):
     """Start ``torchrun -m medcls train`` with 2 processes; once ``wait_for`` is logged, ``then(pids)``."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "--monitor-interval", "0.2", "-m", "medcls", "train", *map(str, args)]
+           "--monitor-interval", "0.2", "--max-restarts", str(restarts), "-m", "medcls", "train", *map(str, args)]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     seen = threading.Event()
@@ -169,12 +169,26 @@ def test_a_killed_rank_ends_the_job_with_an_error_not_a_hang(stoppable, tmp_path
     assert "lost the other training processes" in log or "ChildFailedError" in log, log
 
 
-def test_sync_bn_is_refused_on_cpu_with_the_reason(medmnist_dir, tmp_path):
-    rc, log = _medcls("train", "--data", "pneumoniamnist", "--data-dir", medmnist_dir, *SMALL, "--epochs", "1",
-                      "--max-train-samples", "40", "--out", tmp_path / "r", "--nproc", "2", "--sync-bn",
-                      "--model", "vgg11_bn")
-    assert rc != 0
-    assert "--sync-bn needs CUDA" in log
+def test_torchrun_max_restarts_picks_the_run_up_from_its_checkpoint(stoppable, tmp_path):
+    out = tmp_path / "restarted"
+    rc, log, _ = _torchrun_train([*stoppable, "--out", out], "epoch   1/3",
+                                 lambda pids: os.kill(pids[1], signal.SIGKILL), restarts=1)
+    assert rc == 0, log
+    assert "resuming" in log, log
+    from medcls.run_folder import RunFolder
+
+    assert [int(r["epoch"]) for r in RunFolder(out).read_history()] == [1, 2, 3]
+    assert json.loads((out / "metrics.json").read_text())["test"]["n"] == 624
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a CUDA machine --sync-bn is allowed")
+def test_sync_bn_is_refused_on_cpu_with_the_reason(medmnist_dir, tmp_path, capsys):
+    from tests.conftest import run_cli
+
+    rc, _, err = run_cli(["train", "--data", "pneumoniamnist", "--data-dir", medmnist_dir, "--epochs", "1",
+                          "--out", tmp_path / "r", "--nproc", "2", "--sync-bn"], capsys)
+    assert rc == 2
+    assert "--sync-bn needs CUDA" in err and not (tmp_path / "r").exists()
 
 
 def test_nproc_is_refused_under_torchrun(monkeypatch, capsys):

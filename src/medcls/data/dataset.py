@@ -39,6 +39,8 @@ class ImageDataset:
     modality: str = "OT"
     is_volume: bool = False
     patient_ids: np.ndarray | None = None
+    # a manifest's other columns (sex, site, scanner...), one value per image: subgroups for evaluation
+    columns: dict[str, np.ndarray] | None = None
     paths: list[str] | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
     source: str = ""
@@ -225,6 +227,7 @@ class FileEntry:
     label: object  # class name, or tuple of names for multi-label
     split: str | None = None
     patient: str | None = None
+    extra: dict = field(default_factory=dict)  # the manifest's other columns
 
 
 def list_folder(root: str | Path) -> tuple[list[FileEntry], list[tuple[str, str]]]:
@@ -334,7 +337,10 @@ def list_manifest(csv_path: str | Path) -> tuple[list[FileEntry], list[str] | No
             split = {"training": "train", "validation": "val", "valid": "val", "testing": "test"}.get(split)
             if split is None:
                 raise DataError(f"{csv_path}: line {i}: split must be train, val or test")
-        entries.append(FileEntry(p, lab, split or None, (r.get(gcol) or "").strip() or None if gcol else None))
+        extra = {} if label_cols is not None else {c.strip(): (r.get(c) or "").strip() for c in rows[0].keys()
+                                                    if c is not None and c not in (pcol, lcol, scol, gcol)}
+        entries.append(FileEntry(p, lab, split or None, (r.get(gcol) or "").strip() or None if gcol else None,
+                                 extra))
         lines.append(i)
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
@@ -409,6 +415,8 @@ def _materialise(entries: list[FileEntry], prep: Preparation, label_cols, name: 
         file_splits = np.array([g or s for g, s in zip(given, file_splits)])
 
     xs, ys, ss, pids, paths, modalities = [], [], [], [], [], Counter()
+    extra_cols = sorted({c for e in entries for c in e.extra})
+    extra: dict[str, list] = {c: [] for c in extra_cols}
     skipped = list(skipped or [])
     listed = len(skipped)  # left out when listing; read failures follow
     volume_seen = False
@@ -427,6 +435,8 @@ def _materialise(entries: list[FileEntry], prep: Preparation, label_cols, name: 
         ss.extend([s] * len(q))
         pids.extend([e.patient or ""] * len(q))
         paths.extend([str(e.path)] * len(q))
+        for c in extra_cols:
+            extra[c].extend([e.extra.get(c, "")] * len(q))
     if not xs:
         raise DataError(f"{source}: none of the {len(entries)} files could be read (first: {skipped[listed][0]}: "
                         f"{skipped[listed][1]})")
@@ -441,7 +451,8 @@ def _materialise(entries: list[FileEntry], prep: Preparation, label_cols, name: 
     return ImageDataset(
         name=name, images=images, labels=labels, splits=np.array(ss), class_names=names, task=task,
         modality=modalities.most_common(1)[0][0], is_volume=False,
-        patient_ids=np.array(pids) if any(pids) else None, paths=paths, skipped=skipped, source=source,
+        patient_ids=np.array(pids) if any(pids) else None,
+        columns={c: np.array(v) for c, v in extra.items()} or None, paths=paths, skipped=skipped, source=source,
         modality_counts=dict(modalities), warnings=list(notes or []),
     )
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_roc", "plot_confusion", "plot_reliability", "plot_curves", "plot_embedding", "plot_saliency"]
+__all__ = ["plot_roc", "plot_confusion", "plot_reliability", "plot_decision_curve", "plot_curves", "plot_embedding", "plot_saliency"]
 
 
 def _fig():
@@ -87,6 +87,22 @@ def plot_reliability(rel: dict, path: Path, title: str = "") -> None:
     ax.legend(loc="upper left", fontsize=8)
     hx.bar(rel["confidence"], rel["count"], width=0.05, color="C0", alpha=0.6)
     hx.set(xlabel=f"predicted {rel['what']}", ylabel="cases")
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_decision_curve(dca: dict, path: Path, title: str = "") -> None:
+    """Net benefit of the model against treating every case and treating none, over threshold probabilities."""
+    plt = _fig()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    t = dca["threshold"]
+    ax.plot(t, dca["model"], lw=1.8, label="model")
+    ax.plot(t, dca["treat_all"], lw=1, color="0.4", label="treat all")
+    ax.plot(t, dca["treat_none"], lw=1, color="k", ls="--", label="treat none")
+    top = max(max(dca["model"]), max(dca["treat_all"]), 0.01)
+    ax.set(xlabel="threshold probability", ylabel="net benefit", title=title or "decision curve",
+           ylim=(-0.05 * top - 0.01, top * 1.1), xlim=(0, max(t)))
+    ax.legend(fontsize=8)
     _save(fig, path)
     plt.close(fig)
 

@@ -85,16 +85,56 @@ def write_report(folder: RunFolder, config: RunConfig, metrics: dict) -> Path:
 over cases. Multi-class AUC: one-vs-rest macro, as MedMNIST reports it. Brier score and expected
 calibration error (15 bins): lower is better; the reliability diagram shows what the ECE measures.</p>
 {_refit_note(config, folder)}
+{_operating_point(metrics)}
+{_ordinal(metrics)}
 {per}
 {_img(folder.roc, 'ROC (test)')}
 {_img(folder.confusion, 'Confusion matrix (test)')}
 {_img(folder.calibration, 'Calibration (test)')}
+{_img(folder.decision_curve, 'Decision curve (test): net benefit against treating all and none')}
 {_img(folder.curves, 'Training curves')}
 {_gallery(folder)}
 <h2>Configuration</h2><pre>{html.escape(json.dumps(config.to_dict(), indent=2))}</pre>
 </body></html>"""
     write_text(folder.report, body)
     return folder.report
+
+
+def _ci(v) -> str:
+    return f"{_f(v[0])} – {_f(v[1])}" if v else "–"
+
+
+def _operating_point(metrics: dict) -> str:
+    """Sensitivity, specificity, PPV, NPV with Wilson CIs at the threshold chosen on validation."""
+    rows, target, prev = [], None, None
+    for split in ("val", "test"):
+        op = (metrics.get(split) or {}).get("operating_point")
+        if not op:
+            continue
+        target = op.get("target")
+        at = op.get("at_prevalence")
+        prev = at["prevalence"] if at else prev
+        extra = f"<td>{_f(at['ppv'])}</td><td>{_f(at['npv'])}</td>" if at else "<td>–</td><td>–</td>"
+        rows.append(f"<tr><td>{split}</td><td>{_f(op['threshold'])}</td><td>{_f(op['sensitivity'])} "
+                    f"({_ci(op['sensitivity_ci95'])})</td><td>{_f(op['specificity'])} ({_ci(op['specificity_ci95'])})"
+                    f"</td><td>{_f(op['ppv'])} ({_ci(op['ppv_ci95'])})</td><td>{_f(op['npv'])} "
+                    f"({_ci(op['npv_ci95'])})</td>{extra}</tr>")
+    if not rows:
+        return ""
+    return (f"<h2>Operating point ({html.escape(str(target))}, chosen on validation)</h2><table><tr><th>split</th>"
+            "<th>threshold</th><th>sensitivity (95% CI)</th><th>specificity</th><th>PPV</th><th>NPV</th>"
+            f"<th>PPV at prevalence {_f(prev)}</th><th>NPV at prevalence {_f(prev)}</th></tr>{''.join(rows)}</table>"
+            '<p class="muted">Wilson score intervals. PPV and NPV in the split depend on its prevalence; the '
+            "last two columns apply Bayes' rule at the prevalence given.</p>")
+
+
+def _ordinal(metrics: dict) -> str:
+    rows = [f"<tr><td>{s}</td><td>{_f(m['qwk'])}</td><td>{_f(m['mae_grade'])}</td></tr>"
+            for s in ("val", "test") if (m := metrics.get(s)) and "qwk" in m]
+    if not rows:
+        return ""
+    return ("<h2>Graded labels</h2><table><tr><th>split</th><th>quadratic-weighted kappa</th>"
+            f"<th>mean absolute grade error</th></tr>{''.join(rows)}</table>")
 
 
 def _gallery(folder: RunFolder) -> str:
