@@ -524,10 +524,11 @@ def _print_metrics(root: Path) -> None:
                        f"{x['auc_ci95'][1]:.3f})  sensitivity {x['sensitivity']:.3f}  "
                        f"specificity {x['specificity']:.3f}  "
                        + (f"ECE {x['ece']:.3f}  " if "ece" in x else "") + f"n={x['n']}")
-            if x.get("operating_point"):
-                op = x["operating_point"]
+            found = x.get("operating_point") or {}
+            for label, op in (found.get("per_label") or ({"": found} if found else {})).items():
                 at = op.get("at_prevalence")
-                typer.echo(f"  at {op['target']} (threshold {op['threshold']:.4f}, chosen on validation): "
+                typer.echo(f"  {label + ' ' if label else ''}at {found['target']} (threshold "
+                           f"{op['threshold']:.4f}, chosen on validation): "
                            f"sensitivity {op['sensitivity']:.3f} ({op['sensitivity_ci95'][0]:.3f}-"
                            f"{op['sensitivity_ci95'][1]:.3f})  specificity {op['specificity']:.3f} "
                            f"({op['specificity_ci95'][0]:.3f}-{op['specificity_ci95'][1]:.3f})  PPV {op['ppv']:.3f}"

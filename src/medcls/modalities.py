@@ -19,7 +19,7 @@ __all__ = [
     "HU_WINDOWS", "MODALITIES", "for_display", "ModalityInfo", "FAMILIES", "VOLUME_AXES", "Preparation", "window",
     "percentile_window", "clahe", "to_grey", "content_box", "crop_to_content", "ct_windows", "zscore_in_body",
     "percentile_in_body", "body_mask", "stack_channels", "volume_slices", "slices_25d", "resize", "prepare",
-    "modality_family", "mirror_safe", "PrepOptions", "MR_NORMS",
+    "modality_family", "mirror_safe", "PrepOptions", "MR_NORMS", "FAMILY_LIMITS",
 ]
 
 # (centre, width) in HU, the usual radiology presets.
@@ -60,6 +60,19 @@ MODALITIES: dict[str, ModalityInfo] = {
     **{code: ModalityInfo("other", True) for code in ("SM", "XC", "EM", "OT")},
 }
 _UNKNOWN = ModalityInfo("other", False)
+
+# What each family of modality cannot do, for a model card's caveats (the seed's own list): a model
+# inherits the limits of the images it reads.
+FAMILY_LIMITS: dict[str, str] = {
+    "xray": "X-ray: ionising radiation; a 2-D projection with overlapping structures and poor soft-tissue contrast",
+    "us": "ultrasound: operator dependent (probe position, gain, depth differ between acquisitions), limited "
+          "penetration and speckle; images of one lesion are correlated",
+    "ct": "CT: ionising radiation at a higher dose than X-ray, and cost; contrast and reconstruction kernel vary "
+          "between protocols and scanners",
+    "mr": "MRI: sensitive to motion, costly and slow; intensities have no absolute scale and differ between "
+          "scanners and sequences",
+    "other": "a modality outside X-ray, ultrasound, CT and MRI: medcls applies no modality-specific preparation",
+}
 
 
 def modality_family(code: str) -> str:

@@ -57,6 +57,7 @@ class RunFolder:
     confusion = property(lambda self: self.root / "confusion.png")
     calibration = property(lambda self: self.root / "calibration.png")
     decision_curve = property(lambda self: self.root / "decision_curve.png")  # binary runs
+    model_card = property(lambda self: self.root / "model_card.md")
     gallery = property(lambda self: self.root / "gallery.png")
     curves = property(lambda self: self.root / "curves.png")
     pipeline = property(lambda self: self.root / "model.skops")  # a classical run's fitted pipeline
@@ -232,8 +233,15 @@ class Refit:
 def _operating_point(v: Any, path: Path) -> dict | None:
     if v is None:
         return None
-    if not isinstance(v, dict) or not isinstance(v.get("threshold"), (int, float)) or not 0 <= v["threshold"] <= 1:
-        raise MedclsError(f"{path}: corrupt run configuration (operating_point needs a threshold from 0 to 1)")
+
+    def ok(t) -> bool:
+        return isinstance(t, (int, float)) and 0 <= t <= 1
+
+    per = v.get("thresholds") if isinstance(v, dict) else None
+    if not isinstance(v, dict) or not (ok(v.get("threshold")) or (isinstance(per, dict) and per
+                                                                  and all(map(ok, per.values())))):
+        raise MedclsError(f"{path}: corrupt run configuration (operating_point needs a threshold from 0 to 1, or "
+                          "one per label)")
     return v
 
 
@@ -251,7 +259,8 @@ class RunConfig:
     device: str | None = None
     # data parallel training (torchrun): {"world_size", "backend", "sync_bn"} of the processes that trained it
     distributed: dict | None = None
-    # binary runs: {"target", "threshold", "chosen_on"}: the decision threshold chosen on validation
+    # the decision threshold chosen on validation: {"target", "threshold", "chosen_on"} for a binary run,
+    # {"target", "thresholds": {label: t}, "chosen_on"} for a multi-label one
     operating_point: dict | None = None
     classifier: str | None = None  # classical: the classifier chosen on validation
     features: str | None = None  # classical

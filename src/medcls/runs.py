@@ -125,14 +125,21 @@ class _Run(abc.ABC):
     def threshold(self) -> float | None:
         """A binary run's decision threshold on the positive class, when an operating point was chosen."""
         op = self.config.operating_point
-        return float(op["threshold"]) if op and self.task != "multilabel" and len(self.class_names) == 2 else None
+        ok = op and "threshold" in op and self.task != "multilabel" and len(self.class_names) == 2
+        return float(op["threshold"]) if ok else None
+
+    @property
+    def label_thresholds(self) -> list[float]:
+        """A multi-label run's threshold per label: chosen on validation, else 0.5."""
+        per = (self.config.operating_point or {}).get("thresholds") or {}
+        return [float(per.get(n, 0.5)) for n in self.class_names]
 
     def decide(self, probs: np.ndarray):
         """The answer for one sample's probabilities: the class (at the operating point for a binary run with
         one, else the most probable), or the labels at 0.5 for a multi-label run."""
         names = self.class_names
         if self.task == "multilabel":
-            return [n for n, p in zip(names, probs) if p >= 0.5]
+            return [n for n, p, t in zip(names, probs, self.label_thresholds) if p >= t]
         t = self.threshold
         return names[1 if probs[1] >= t else 0] if t is not None else names[int(np.argmax(probs))]
 
@@ -394,7 +401,7 @@ def evaluate_run(root: str | Path, data: str | None = None, splits=("test",), de
     Wilson intervals; ``prevalence`` adds PPV and NPV at that prevalence.
 
     ``group`` (a manifest column; by default its ``patient_id`` when it has
-    one) adds results per group, the images' probabilities aggregated by
+    one, else for DICOM files their study) adds results per group, the images' probabilities aggregated by
     ``rule`` (mean | max | noisy-or); ``by`` (manifest columns) adds metrics
     per subgroup and the largest AUC gap between subgroups.
 
@@ -447,6 +454,8 @@ def _clinical_extras(run, ds, split: str, probs, y, by, group, rule) -> dict:
         groups, column = cols[group][m], group
     elif ds.patient_ids is not None:
         groups, column = ds.patient_ids[m], "patient_id"
+    elif ds.study_keys is not None:  # DICOM files: their study
+        groups, column = ds.study_keys[m], "study"
     else:
         groups = None
     if groups is not None:
@@ -464,9 +473,10 @@ def _choose_operating_point(run, ds, target: str | None, prevalence: float | Non
 
     from medcls.evaluate.stats import choose_threshold, parse_target
 
-    if run.task == "multilabel" or len(run.class_names) != 2:
-        raise DataError(f"{run.root}: an operating point is a threshold on a binary run's positive class; a "
-                        f"{run.task} run decides by its most probable class")
+    multilabel = run.task == "multilabel"
+    if not multilabel and len(run.class_names) != 2:
+        raise DataError(f"{run.root}: an operating point is a threshold on a binary run's positive class (or on "
+                        f"each label of a multi-label run); a {run.task} run decides by its most probable class")
     if prevalence is not None and not 0 < prevalence < 1:
         raise DataError(f"--prevalence must be between 0 and 1, got {prevalence}")
     op = dict(run.config.operating_point or {})
@@ -478,8 +488,12 @@ def _choose_operating_point(run, ds, target: str | None, prevalence: float | Non
         if ds.name != run.config.data.name or not (ds.splits == "val").any():
             raise DataError(f"{ds.source}: the threshold is chosen on the run's own validation split")
         probs, y = run.sample_probs(ds, "val")
-        op = {"target": target, "threshold": choose_threshold(y, probs[:, 1], target), "chosen_on": "val",
-              "dataset": ds.name}
+        op = {"target": target, "chosen_on": "val", "dataset": ds.name}
+        if multilabel:  # a label validation cannot rank (no positives or no negatives) keeps 0.5
+            op["thresholds"] = {n: (choose_threshold(y[:, j], probs[:, j], target)
+                                    if 0 < y[:, j].sum() < len(y) else 0.5) for j, n in enumerate(run.class_names)}
+        else:
+            op["threshold"] = choose_threshold(y, probs[:, 1], target)
     elif not op:
         raise DataError(f"{run.root} has no operating point yet: give --operating-point with --prevalence")
     if prevalence is not None:

@@ -55,6 +55,8 @@ def test_the_operating_point_chosen_on_validation_is_the_one_applied_to_test_and
         assert rec["class"] == ("pneumonia" if rec["probabilities"]["pneumonia"] >= t else "normal")
     report = (run / "report.html").read_text()
     assert "Operating point" in report and "Decision curve" in report
+    assert "X-ray: ionising radiation" in (run / "model_card.md").read_text()  # PneumoniaMNIST: chest X-ray
+    assert (run / "decision_curve.png").is_file()
 
 
 def test_compare_two_runs_on_the_same_test_cases(two_runs, capsys):
@@ -83,3 +85,69 @@ def test_operating_points_are_refused_where_they_mean_nothing(two_runs, capsys):
     rc, _, err = run_cli(["evaluate", two_runs[1], "--prevalence", "0.1"], capsys)
     assert rc == 2 and "no operating point yet" in err
     assert np.isfinite(json.loads((two_runs[1] / "metrics.json").read_text())["test"]["auc"])
+
+
+@pytest.fixture(scope="module")
+def patient_manifest(medmnist_dir, tmp_path_factory):
+    """Real chest X-rays (PneumoniaMNIST) as PNG files, two images of the same class per patient, a sex column."""
+    from medcls.data import load_dataset
+
+    ds = load_dataset("pneumoniamnist", data_dir=str(medmnist_dir))
+    root = tmp_path_factory.mktemp("manifest")
+    rng = np.random.default_rng(0)
+    lines = ["path,label,split,patient_id,sex"]
+    for split, n in (("train", 160), ("val", 40), ("test", 80)):
+        x, y = ds.split(split)
+        for c in (0, 1):
+            idx = np.flatnonzero(y == c)[: n // 2]
+            for j in range(0, len(idx) - 1, 2):
+                pid, sex = f"{split}-{c}-{j}", "FM"[int(rng.integers(0, 2))]
+                for i in idx[j:j + 2]:
+                    f = root / f"{split}_{i}.png"
+                    Image.fromarray(x[i, 0] if x.ndim == 4 else x[i]).save(f)
+                    lines.append(f"{f.name},{ds.class_names[c]},{split},{pid},{sex}")
+    (root / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return root / "manifest.csv"
+
+
+def test_patient_level_and_subgroup_results_from_a_manifest(patient_manifest, tmp_path, capsys):
+    from sklearn.metrics import roc_auc_score
+
+    from medcls.runs import load_run
+
+    run = tmp_path / "r"
+    rc, _, err = run_cli(["train", "--data", patient_manifest, "--model", "vgg11", "--model-arg", "fc_width=32",
+                          "--size", "28", "--epochs", "2", "--out", run], capsys)
+    assert rc == 0, err
+    rc, out, err = run_cli(["evaluate", run, "--by", "sex", "--aggregate", "max"], capsys)
+    assert rc == 0, err
+    m = json.loads((run / "metrics.json").read_text())["test"]
+    r = load_run(run, "cpu")
+    ds = r.load_dataset()
+    p, y = r.sample_probs(ds, "test")
+    pids, sex = ds.patient_ids[ds.splits == "test"], ds.columns["sex"][ds.splits == "test"]
+    # per patient, by the rule asked for: the larger of each patient's two probabilities
+    ids = list(dict.fromkeys(pids))
+    pp = np.array([p[pids == i, 1].max() for i in ids])
+    yp = np.array([y[pids == i].max() for i in ids])
+    g = m["patient_level"]
+    assert (g["groups"], g["images"], g["rule"], g["column"]) == (len(ids), len(y), "max", "patient_id")
+    assert g["groups"] * 2 == g["images"]
+    assert g["auc"] == pytest.approx(roc_auc_score(yp, pp))
+    assert "per patient_id" in out
+    # per subgroup: the metrics of that subgroup's images alone, and the gap between them
+    sub = m["subgroups"]["sex"]
+    for v in ("F", "M"):
+        mask = sex == v
+        assert sub["values"][v]["n"] == int(mask.sum())
+        assert sub["values"][v]["auc"] == pytest.approx(roc_auc_score(y[mask], p[mask, 1]))
+    gap = abs(sub["values"]["F"]["auc"] - sub["values"]["M"]["auc"])
+    assert sub["largest_auc_gap"]["gap"] == pytest.approx(gap)
+    assert "sex=F" in out and "largest AUC gap by sex" in out
+    # the model card says the same, with the modality's limits and what only the authors can add
+    card = (run / "model_card.md").read_text()
+    assert "## Intended use" in card and "per patient_id" in card and "by sex" in card
+    assert "Not stated by the run" in card and f"{g['auc']:.3f}" in card
+    assert "Model card" in (run / "report.html").read_text()
+    rc, _, err = run_cli(["evaluate", run, "--by", "site"], capsys)
+    assert rc == 2 and "no column 'site'" in err and "sex" in err

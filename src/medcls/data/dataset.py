@@ -41,6 +41,8 @@ class ImageDataset:
     patient_ids: np.ndarray | None = None
     # a manifest's other columns (sex, site, scanner...), one value per image: subgroups for evaluation
     columns: dict[str, np.ndarray] | None = None
+    # DICOM files: a key per image standing for its study (a hash of the Study Instance UID, never the UID)
+    study_keys: np.ndarray | None = None
     paths: list[str] | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
     source: str = ""
@@ -414,7 +416,7 @@ def _materialise(entries: list[FileEntry], prep: Preparation, label_cols, name: 
         file_splits = make_splits(y, groups, seed=seed)
         file_splits = np.array([g or s for g, s in zip(given, file_splits)])
 
-    xs, ys, ss, pids, paths, modalities = [], [], [], [], [], Counter()
+    xs, ys, ss, pids, paths, modalities, studies = [], [], [], [], [], Counter(), []
     extra_cols = sorted({c for e in entries for c in e.extra})
     extra: dict[str, list] = {c: [] for c in extra_cols}
     skipped = list(skipped or [])
@@ -434,6 +436,7 @@ def _materialise(entries: list[FileEntry], prep: Preparation, label_cols, name: 
         ys.extend([encode(e.label)] * len(q))
         ss.extend([s] * len(q))
         pids.extend([e.patient or ""] * len(q))
+        studies.extend([meta.extra.get("study_key") or ""] * len(q))
         paths.extend([str(e.path)] * len(q))
         for c in extra_cols:
             extra[c].extend([e.extra.get(c, "")] * len(q))
@@ -452,7 +455,8 @@ def _materialise(entries: list[FileEntry], prep: Preparation, label_cols, name: 
         name=name, images=images, labels=labels, splits=np.array(ss), class_names=names, task=task,
         modality=modalities.most_common(1)[0][0], is_volume=False,
         patient_ids=np.array(pids) if any(pids) else None,
-        columns={c: np.array(v) for c, v in extra.items()} or None, paths=paths, skipped=skipped, source=source,
+        columns={c: np.array(v) for c, v in extra.items()} or None,
+        study_keys=np.array(studies) if any(studies) else None, paths=paths, skipped=skipped, source=source,
         modality_counts=dict(modalities), warnings=list(notes or []),
     )
 

@@ -47,14 +47,18 @@ def write_outputs(folder: RunFolder, config: RunConfig, results: dict[str, tuple
 
     task, names = config.data.task, config.data.class_names
     binary = task != "multilabel" and len(names) == 2
-    op = config.operating_point if binary else None
+    op = config.operating_point if binary or task == "multilabel" else None
     metrics = folder.read_metrics()
     for split, (probs, y) in results.items():
         m = compute_metrics(y, probs, task, names)
         m["dataset"] = dataset_name
-        if op is not None:  # the threshold chosen on validation, applied unchanged
+        if op is not None and binary and "threshold" in op:  # the threshold chosen on validation, applied unchanged
             m["operating_point"] = {"target": op.get("target"), "chosen_on": op.get("chosen_on", "val"),
                                     **at_threshold(y, np.asarray(probs)[:, 1], op["threshold"], op.get("prevalence"))}
+        elif op is not None and task == "multilabel" and "thresholds" in op:
+            m["operating_point"] = {"target": op.get("target"), "chosen_on": op.get("chosen_on", "val"), "per_label": {
+                n: at_threshold(np.asarray(y)[:, j], np.asarray(probs)[:, j], op["thresholds"].get(n, 0.5),
+                                op.get("prevalence")) for j, n in enumerate(names)}}
         if binary:
             m["decision_curve"] = net_benefit(y, np.asarray(probs)[:, 1], DCA_THRESHOLDS)
         if task == "ordinal":

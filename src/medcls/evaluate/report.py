@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from medcls._atomic import write_text
+from medcls.evaluate.model_card import model_card_html, model_card_markdown
 from medcls.run_folder import RunConfig, RunFolder
 
 __all__ = ["write_report"]
@@ -47,18 +48,25 @@ def _refit_note(config: RunConfig, folder: RunFolder) -> str:
 
 
 def write_report(folder: RunFolder, config: RunConfig, metrics: dict) -> Path:
-    """``report.html`` of a run: its configuration, metrics per split and plots, in one offline file."""
+    """``report.html`` of a run: its configuration, metrics per split and plots, in one offline file;
+    and its model card, ``model_card.md``."""
+    write_text(folder.model_card, model_card_markdown(config, metrics, f"{config.model_name} on {config.data.name}"))
     d = config.data
     rows = []
     for split in ("train", "val", "test"):
-        m = metrics.get(split)
-        if not m:
+        top = metrics.get(split)
+        if not top:
             continue
-        ci = m.get("auc_ci95") or [float("nan")] * 2
-        rows.append(f"<tr><td>{split}</td><td>{m['n']}</td><td>{_f(m['acc'])}</td><td>{_f(m['auc'])}</td>"
-                    f"<td>{_f(ci[0])} – {_f(ci[1])}</td><td>{_f(m['sensitivity'])}</td>"
-                    f"<td>{_f(m['specificity'])}</td><td>{_f(m['f1'])}</td><td>{_f(m.get('brier'))}</td>"
-                    f"<td>{_f(m.get('ece'))}</td></tr>")
+        levels = [(split, top)]
+        if top.get("patient_level"):  # the same figures per patient (study, lesion), beside the images'
+            g = top["patient_level"]
+            levels.append((f"{split} per {g['column']} ({g['rule']})", g))
+        for name, m in levels:
+            ci = m.get("auc_ci95") or [float("nan")] * 2
+            rows.append(f"<tr><td>{html.escape(name)}</td><td>{m.get('groups', m['n'])}</td><td>{_f(m['acc'])}</td>"
+                        f"<td>{_f(m['auc'])}</td><td>{_f(ci[0])} – {_f(ci[1])}</td><td>{_f(m['sensitivity'])}</td>"
+                        f"<td>{_f(m['specificity'])}</td><td>{_f(m['f1'])}</td><td>{_f(m.get('brier'))}</td>"
+                        f"<td>{_f(m.get('ece'))}</td></tr>")
     per = ""
     last = next((metrics[s] for s in ("test", "val") if s in metrics), None)
     if last and last.get("per_class"):
@@ -94,6 +102,8 @@ calibration error (15 bins): lower is better; the reliability diagram shows what
 {_img(folder.decision_curve, 'Decision curve (test): net benefit against treating all and none')}
 {_img(folder.curves, 'Training curves')}
 {_gallery(folder)}
+{model_card_html(config, metrics)}
+<p class="muted">Also as Markdown: {html.escape(folder.model_card.name)}.</p>
 <h2>Configuration</h2><pre>{html.escape(json.dumps(config.to_dict(), indent=2))}</pre>
 </body></html>"""
     write_text(folder.report, body)
@@ -108,17 +118,20 @@ def _operating_point(metrics: dict) -> str:
     """Sensitivity, specificity, PPV, NPV with Wilson CIs at the threshold chosen on validation."""
     rows, target, prev = [], None, None
     for split in ("val", "test"):
-        op = (metrics.get(split) or {}).get("operating_point")
-        if not op:
+        found = (metrics.get(split) or {}).get("operating_point")
+        if not found:
             continue
-        target = op.get("target")
-        at = op.get("at_prevalence")
-        prev = at["prevalence"] if at else prev
-        extra = f"<td>{_f(at['ppv'])}</td><td>{_f(at['npv'])}</td>" if at else "<td>–</td><td>–</td>"
-        rows.append(f"<tr><td>{split}</td><td>{_f(op['threshold'])}</td><td>{_f(op['sensitivity'])} "
-                    f"({_ci(op['sensitivity_ci95'])})</td><td>{_f(op['specificity'])} ({_ci(op['specificity_ci95'])})"
-                    f"</td><td>{_f(op['ppv'])} ({_ci(op['ppv_ci95'])})</td><td>{_f(op['npv'])} "
-                    f"({_ci(op['npv_ci95'])})</td>{extra}</tr>")
+        target = found.get("target")
+        per = found.get("per_label") or {"": found}
+        for label, op in per.items():
+            at = op.get("at_prevalence")
+            prev = at["prevalence"] if at else prev
+            extra = f"<td>{_f(at['ppv'])}</td><td>{_f(at['npv'])}</td>" if at else "<td>–</td><td>–</td>"
+            name = f"{split} {html.escape(label)}".strip()
+            rows.append(f"<tr><td>{name}</td><td>{_f(op['threshold'])}</td><td>{_f(op['sensitivity'])} "
+                        f"({_ci(op['sensitivity_ci95'])})</td><td>{_f(op['specificity'])} "
+                        f"({_ci(op['specificity_ci95'])})</td><td>{_f(op['ppv'])} ({_ci(op['ppv_ci95'])})</td>"
+                        f"<td>{_f(op['npv'])} ({_ci(op['npv_ci95'])})</td>{extra}</tr>")
     if not rows:
         return ""
     return (f"<h2>Operating point ({html.escape(str(target))}, chosen on validation)</h2><table><tr><th>split</th>"

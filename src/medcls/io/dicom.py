@@ -553,7 +553,19 @@ def _read_dicom(path: Path, apply_voi: bool, force: bool | None) -> tuple[np.nda
         transfer_syntax=tsuid.name,
         extra={"warnings": warn} if warn else {},
     )
+    key = study_key(ds)
+    if key:
+        meta.extra["study_key"] = key
     return arr, meta
+
+
+def study_key(ds) -> str | None:
+    """A stand-in for the Study Instance UID that groups a study's images (evaluation per study) without
+    being the UID: a truncated SHA-256, so no identifier from the header leaves the file."""
+    import hashlib
+
+    uid = str(ds.get("StudyInstanceUID", "") or "").strip()
+    return hashlib.sha256(uid.encode()).hexdigest()[:16] if uid else None
 
 
 def _to_uint8_rgb(arr: np.ndarray, bits: int) -> np.ndarray:

@@ -199,6 +199,7 @@ def read_series(folder: str | Path, series_uid: str | None = None,
         transfer_syntax=m0.transfer_syntax,
         is_volume=True,
         extra={"slices": len(slices), "skipped": skipped, "gaps": gaps,
-               **({"warnings": m0.extra["warnings"]} if m0.extra.get("warnings") else {})},
+               **({"warnings": m0.extra["warnings"]} if m0.extra.get("warnings") else {}),
+               **({"study_key": m0.extra["study_key"]} if m0.extra.get("study_key") else {})},
     )
     return vol, meta
