@@ -111,12 +111,32 @@ def init_world(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S,
     if not dist.is_initialized():
         try:
             dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s),
+                                    **_attempt_store(rank, size, timeout_s),
                                     **({"device_id": devices[0]} if backend == "nccl" else {}))
         except (RuntimeError, ValueError, TimeoutError) as exc:  # DistNetworkError, DistStoreError are RuntimeErrors
             where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
             raise MedclsError(f"process {rank} of {size} could not join the others at {where} ({backend}): "
                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     return World(rank, size, local, backend), devices
+
+
+def _attempt_store(rank: int, size: int, timeout_s: float) -> dict:
+    """Under torchrun after a restart (``--max-restarts``): a store of this attempt's own.
+
+    torchrun's agent keeps one store for every attempt, so the workers of a
+    restart would read the addresses their killed predecessors published and
+    fail to connect to them (gloo's "connectFullMesh ... Connection refused";
+    pytorch/pytorch#167288 for NCCL). The keys of each attempt get their own prefix.
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if not attempt or attempt == "0" or "MASTER_ADDR" not in os.environ:
+        return {}
+    import torch.distributed as dist
+
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), size,
+                          is_master=rank == 0 and not agent, timeout=timedelta(seconds=timeout_s))
+    return {"store": dist.PrefixStore(f"medcls/attempt-{attempt}/", store), "rank": rank, "world_size": size}
 
 
 def shutdown() -> None:
