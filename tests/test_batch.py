@@ -157,3 +157,23 @@ def test_torchrun_processes_each_take_a_shard_and_the_last_merges(tiny_run, dico
     rc, _, _ = run_cli(["predict", tiny_run, dicom_folder, "--out", one, "--workers", "0"], capsys)
     assert rc == 0
     _same(read_predictions(out), read_predictions(one))
+
+
+def test_predictions_per_patient_from_a_manifest(tiny_run, dicom_folder, tmp_path, capsys):
+    files = sorted(p for p in dicom_folder.rglob("*.dcm"))[:12]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,patient_id\n" + "".join(f"{p},P{i // 3}\n" for i, p in enumerate(files)))
+    out = tmp_path / "p.csv"
+    rc, _, err = run_cli(["predict", tiny_run, manifest, "--out", out, "--group", "patient_id", "--aggregate", "max",
+                          "--workers", "0"], capsys)
+    assert rc == 0, err
+    rows = read_predictions(out)
+    assert [r["group"] for r in rows] == [f"P{i // 3}" for i in range(len(files))]
+    groups = {g["group"]: g for g in read_predictions(tmp_path / "p.groups.csv")}
+    for g, rec in groups.items():
+        mine = [r for r in rows if r["group"] == g and r["p_pneumonia"] is not None]
+        assert int(rec["images"]) == len(mine)
+        assert float(rec["p_pneumonia"]) == pytest.approx(max(r["p_pneumonia"] for r in mine), abs=1e-6)
+    assert set(groups) <= {f"P{i}" for i in range(4)}
+    rc, _, err = run_cli(["predict", tiny_run, manifest, "--out", tmp_path / "q.csv", "--group", "site"], capsys)
+    assert rc == 2 and "no column 'site'" in err

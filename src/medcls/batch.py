@@ -85,23 +85,26 @@ class PredictSummary:
 # ---------------------------------------------------------------- the input stream
 
 
-def iter_sources(sources):
-    """``(target, None)`` or ``(None, (path, why))`` for each input, in order, as a stream.
+def iter_sources(sources, group: str | None = None):
+    """``(target, None, group)`` or ``(None, (path, why), group)`` for each input, in order, as a stream.
 
     A ``.csv`` file is a manifest: its ``path`` column (relative to the CSV's
     folder), with an optional ``series_uid`` column for one series of a DICOM
-    folder. Anything else is a file or folder, as for :func:`medcls.io.iter_inputs`.
+    folder, and the ``group`` column (a patient, study or lesion) when asked
+    for. Anything else is a file or folder, as for :func:`medcls.io.iter_inputs`
+    (with no group).
     """
     from medcls.io import iter_inputs
 
     for src in map(Path, sources):
         if src.suffix.lower() == ".csv" and src.is_file():
-            yield from _manifest_rows(src)
+            yield from _manifest_rows(src, group)
         else:
-            yield from iter_inputs([src])
+            for target, left_out in iter_inputs([src]):
+                yield target, left_out, ""
 
 
-def _manifest_rows(csv_path: Path):
+def _manifest_rows(csv_path: Path, group: str | None = None):
     try:
         f = open(csv_path, newline="", encoding="utf-8-sig")
     except OSError as exc:
@@ -111,15 +114,19 @@ def _manifest_rows(csv_path: Path):
         if not reader.fieldnames or "path" not in reader.fieldnames:
             raise MedclsError(f"{csv_path}: a manifest needs a 'path' column (its columns: "
                               f"{', '.join(reader.fieldnames or []) or 'none'})")
+        if group and group not in reader.fieldnames:
+            raise MedclsError(f"{csv_path}: no column {group!r} to group by (its columns: "
+                              f"{', '.join(reader.fieldnames)})")
         try:
             for row in reader:
                 p = (row.get("path") or "").strip()
+                g = (row.get(group) or "").strip() if group else ""
                 if not p:
-                    yield None, (f"{csv_path}:{reader.line_num}", "no path in this row")
+                    yield None, (f"{csv_path}:{reader.line_num}", "no path in this row"), g
                     continue
                 path = Path(p) if Path(p).is_absolute() else csv_path.parent / p
                 uid = (row.get("series_uid") or "").strip()
-                yield ((path, uid) if uid else path), None
+                yield ((path, uid) if uid else path), None, g
         except (csv.Error, UnicodeDecodeError) as exc:
             raise MedclsError(f"{csv_path}, line {reader.line_num}: not a readable CSV manifest ({exc})") from None
 
@@ -131,17 +138,17 @@ class _Positions:
     listed once, not once per worker.
     """
 
-    def __init__(self, sources, shard: Shard, chunk: int, done: set[int]):
-        self.sources, self.shard, self.chunk, self.done = list(sources), shard, chunk, done
+    def __init__(self, sources, shard: Shard, chunk: int, done: set[int], group: str | None = None):
+        self.sources, self.shard, self.chunk, self.done, self.group = list(sources), shard, chunk, done, group
 
     def __iter__(self):
         local = -1
-        for j, (target, left_out) in enumerate(iter_sources(self.sources)):
+        for j, (target, left_out, group) in enumerate(iter_sources(self.sources, self.group)):
             if j % self.shard.count != self.shard.index:
                 continue
             local += 1
             if local // self.chunk not in self.done:
-                yield local, target, left_out
+                yield local, target, left_out, group
 
 
 class _Decoder:
@@ -153,10 +160,10 @@ class _Decoder:
     def __getitem__(self, task) -> dict:
         from medcls.runs import read_prepared
 
-        pos, target, left_out = task
+        pos, target, left_out, group = task
         path, uid = target if isinstance(target, tuple) else (target, None)
         rec = {"pos": pos, "path": str(path) if target is not None else left_out[0], "series_uid": uid or "",
-               "items": None, "notes": [], "error": ""}
+               "group": group, "items": None, "notes": [], "error": ""}
         if target is None:
             rec["error"] = f"left out: {left_out[1]}"
             return rec
@@ -185,8 +192,8 @@ def _parts_dir(out: Path) -> Path:
     return out.with_name(out.name + ".parts")
 
 
-def _columns(class_names: list[str]) -> list[str]:
-    return FIXED + [f"p_{n}" for n in class_names] + TAIL
+def _columns(class_names: list[str], grouped: bool = False) -> list[str]:
+    return FIXED + (["group"] if grouped else []) + [f"p_{n}" for n in class_names] + TAIL
 
 
 def _write_part(path: Path, columns: list[str], rows: list[dict]) -> None:
@@ -338,8 +345,14 @@ def _prepare_out(out: Path, shard: Shard, resume: bool, overwrite: bool) -> set[
 
 def predict_to_file(run, sources, out: str | Path, *, workers: int = 2, chunk: int = 1000, shard: Shard | None = None,
                     resume: bool = False, overwrite: bool = False, allow_gaps: bool = False,
-                    allow_nonfinite: bool = False, batch_items: int = 256, progress: bool = True) -> PredictSummary:
-    """Predict on every input of ``sources`` (files, folders, CSV manifests) into ``out``; see the module."""
+                    allow_nonfinite: bool = False, batch_items: int = 256, progress: bool = True,
+                    group: str | None = None, rule: str = "mean") -> PredictSummary:
+    """Predict on every input of ``sources`` (files, folders, CSV manifests) into ``out``; see the module.
+
+    ``group``: a manifest column (patient, study, lesion); each row carries its
+    value, and once ``out`` is merged ``OUT.groups.csv`` (or ``.parquet``) holds
+    one row per group, its images' probabilities combined by ``rule`` (mean | max | noisy-or).
+    """
     from torch.utils.data import DataLoader
 
     out = Path(out)
@@ -348,10 +361,22 @@ def predict_to_file(run, sources, out: str | Path, *, workers: int = 2, chunk: i
         raise MedclsError(f"--chunk must be at least 1, got {chunk}")
     done = _prepare_out(out, shard, resume, overwrite)
     names = list(run.class_names)
-    columns = _columns(names)
+    if group:
+        from medcls.evaluate.clinical import AGGREGATION_RULES
+
+        if rule not in AGGREGATION_RULES:
+            raise MedclsError(f"--aggregate must be one of {', '.join(AGGREGATION_RULES)}, not {rule!r}")
+        if rule == "noisy-or" and run.task != "multilabel" and len(names) > 2:
+            raise MedclsError("noisy-or combines the probability of a positive finding: binary and multi-label "
+                              "runs only; use mean or max for a multi-class run")
+        if not all(Path(src).suffix.lower() == ".csv" for src in sources):
+            raise MedclsError("--group names a column of a CSV manifest; give the inputs as manifests")
+        for src in sources:  # refused before any file is written
+            next(iter(_manifest_rows(Path(src), group)), None)
+    columns = _columns(names, grouped=bool(group))
     folder = _parts_dir(out) / shard.name
     loader = DataLoader(_Decoder(run.preparation, allow_gaps, allow_nonfinite), batch_size=None,
-                        sampler=_Positions(sources, shard, chunk, done), num_workers=max(0, workers),
+                        sampler=_Positions(sources, shard, chunk, done, group), num_workers=max(0, workers),
                         collate_fn=_as_is, prefetch_factor=4 if workers > 0 else None)
     t0, n, n_err = time.perf_counter(), 0, 0
     rows: list[dict] = []  # the chunk being filled
@@ -385,6 +410,8 @@ def predict_to_file(run, sources, out: str | Path, *, workers: int = 2, chunk: i
         row = {c: None for c in columns}
         row.update({"path": rec["path"], "series_uid": rec["series_uid"], "class": "", "error": rec["error"],
                     "warnings": "; ".join(rec["notes"])})
+        if group:
+            row["group"] = rec["group"]
         if rec["items"] is not None:
             row["items"] = int(len(rec["items"]))
             waiting.append((row, rec["items"]))
@@ -401,7 +428,71 @@ def predict_to_file(run, sources, out: str | Path, *, workers: int = 2, chunk: i
     secs = time.perf_counter() - t0
     write_json(folder / "done.json", {"shard": shard.index, "of": shard.count, "chunk": chunk})
     merged = _try_merge(out, shard.count, columns)
+    if merged and group:
+        _write_groups(out, run, rule)
     return PredictSummary(out, n, n_err, secs, merged)
+
+
+def groups_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".groups" + out.suffix)
+
+
+def _write_groups(out: Path, run, rule: str) -> None:
+    """One row per group of the merged predictions: its images' probabilities combined by ``rule``.
+
+    Streams the merged file keeping a running combination per group (a sum, a
+    maximum or a product of 1 - p), not the rows. Rows without a group or
+    without a prediction are not counted.
+    """
+    names = list(run.class_names)
+    keys = [f"p_{n}" for n in names]
+    acc: dict[str, list] = {}  # group -> [count, combined vector]
+    for row in _iter_rows(out):
+        g = row.get("group") or ""
+        if not g or row.get(keys[0]) in (None, ""):
+            continue
+        p = np.array([float(row[k]) for k in keys])
+        if g not in acc:
+            acc[g] = [0, np.zeros_like(p) if rule == "mean" else (np.ones_like(p) if rule == "noisy-or" else p)]
+        a = acc[g]
+        a[0] += 1
+        if rule == "mean":
+            a[1] = a[1] + p
+        elif rule == "max":
+            a[1] = np.maximum(a[1], p)
+        else:
+            a[1] = a[1] * (1 - p)
+    rows = []
+    for g, (count, v) in acc.items():
+        if rule == "mean":
+            q = v / count
+        elif rule == "max":
+            q = v
+        else:
+            q = 1 - v
+        if run.task != "multilabel" and len(names) == 2 and rule != "mean":
+            q = np.array([1 - q[1], q[1]])  # the positive class's combined risk, as a distribution
+        elif run.task != "multilabel" and rule != "mean":
+            q = q / q.sum()
+        answer = run.decide(q)
+        rows.append({"group": g, "images": count, "rule": rule,
+                     "class": ";".join(answer) if isinstance(answer, list) else answer,
+                     **{k: round(float(x), 6) for k, x in zip(keys, q)}})
+    cols = ["group", "images", "rule", "class", *keys]
+    path = groups_path(out)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            schema = pa.schema([(c, pa.float64() if c.startswith("p_") else pa.int64() if c == "images"
+                                 else pa.string()) for c in cols])
+            pq.write_table(pa.Table.from_pylist(rows, schema=schema), str(tmp))
+        else:
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                w = csv.DictWriter(f, fieldnames=cols)
+                w.writeheader()
+                w.writerows(rows)
 
 
 def _bar(enabled: bool):

@@ -639,6 +639,10 @@ def predict(run: Path = typer.Argument(..., help="Run folder."),
             shard: Optional[str] = typer.Option(None, "--shard", help="With --out: I/N, predict every N-th input "
                                                 "from the I-th (0-based; e.g. a SLURM array index); under torchrun "
                                                 "RANK/WORLD_SIZE. The last shard to finish merges all into --out."),
+            group: Optional[str] = typer.Option(None, "--group", help="With --out and CSV manifests: a column "
+                                                "(patient_id, study...) whose images form one case; OUT.groups.csv "
+                                                "then holds one row per case."),
+            aggregate: str = typer.Option("mean", "--aggregate", help="With --group: mean | max | noisy-or."),
             device: str = typer.Option("auto", "--device")) -> None:
     """Class and probabilities for each file, prepared as in training (volumes: per slice + aggregate)."""
     from medcls.runs import load_run
@@ -646,8 +650,10 @@ def predict(run: Path = typer.Argument(..., help="Run folder."),
     if out is not None:
         _predict_to_file(run, paths, out, workers=workers, chunk=chunk, resume=resume, overwrite=overwrite,
                          shard=shard, device=device, allow_gaps=allow_gaps, allow_nonfinite=allow_nonfinite,
-                         as_json=as_json, explain_dir=explain_dir)
+                         as_json=as_json, explain_dir=explain_dir, group=group, aggregate=aggregate)
         return
+    if group is not None:
+        raise MedclsError("--group goes with --out (a predictions file, and one per case beside it)")
     r = load_run(run, device)
     targets, left_out = _inputs(paths, "predict on")
     if explain_dir is not None:
@@ -704,7 +710,8 @@ def predict(run: Path = typer.Argument(..., help="Run folder."),
 
 def _predict_to_file(run: Path, paths: list[Path], out: Path, *, workers: int, chunk: int, resume: bool,
                      overwrite: bool, shard: Optional[str], device: str, allow_gaps: bool, allow_nonfinite: bool,
-                     as_json: bool, explain_dir: Optional[Path]) -> None:
+                     as_json: bool, explain_dir: Optional[Path], group: Optional[str] = None,
+                     aggregate: str = "mean") -> None:
     from medcls.batch import Shard, describe, predict_to_file
     from medcls.distributed import launched
     from medcls.runs import load_run
@@ -726,8 +733,12 @@ def _predict_to_file(run: Path, paths: list[Path], out: Path, *, workers: int, c
             raise MedclsError(f"{p}: no such file or folder")
     summary = predict_to_file(load_run(run, device), paths, out, workers=workers, chunk=chunk, shard=sh,
                               resume=resume, overwrite=overwrite, allow_gaps=allow_gaps,
-                              allow_nonfinite=allow_nonfinite)
+                              allow_nonfinite=allow_nonfinite, group=group, rule=aggregate)
     typer.echo(("" if sh.count == 1 else f"shard {sh.index}/{sh.count}: ") + describe(summary), err=True)
+    if group and summary.merged:
+        from medcls.batch import groups_path
+
+        typer.echo(f"per {group} ({aggregate} of its images): {groups_path(out)}", err=True)
 
 
 def _inputs(paths: list[Path], what: str):
