@@ -151,3 +151,26 @@ def test_patient_level_and_subgroup_results_from_a_manifest(patient_manifest, tm
     assert "Model card" in (run / "report.html").read_text()
     rc, _, err = run_cli(["evaluate", run, "--by", "site"], capsys)
     assert rc == 2 and "no column 'site'" in err and "sex" in err
+
+
+def test_dicom_images_group_by_study_without_the_uid_leaving_the_file():
+    import hashlib
+
+    import pydicom
+
+    from medcls.evaluate.clinical import aggregate_groups
+    from medcls.io import read
+    from tests.conftest import dcm
+
+    path = dcm("CT_small.dcm")
+    uid = str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
+    _, meta = read(path)
+    assert meta.extra["study_key"] == hashlib.sha256(uid.encode()).hexdigest()[:16]
+    assert uid not in json.dumps(meta.to_dict(), default=str)
+    # the rules: mean, max and noisy-or of the positive class per group, groups in order of appearance
+    p = np.array([[0.8, 0.2], [0.4, 0.6], [0.9, 0.1]])
+    y = np.array([0, 1, 0])
+    for rule, want in (("mean", 0.4), ("max", 0.6), ("noisy-or", 1 - 0.8 * 0.4)):
+        q, yy, ids = aggregate_groups(p, y, np.array(["s1", "s1", "s2"]), rule, "binary")
+        assert list(ids) == ["s1", "s2"] and list(yy) == [1, 0]
+        assert q[0, 1] == pytest.approx(want) and q[0].sum() == pytest.approx(1)
