@@ -160,20 +160,15 @@ def test_sigterm_on_one_rank_stops_both_with_a_checkpoint_that_one_process_resum
     assert cfg["distributed"]["world_sizes"] == [2, 1]
 
 
-def test_a_killed_rank_ends_the_job_with_an_error_not_a_hang(stoppable, tmp_path):
-    rc, log, elapsed = _torchrun_train([*stoppable, "--out", tmp_path / "killed", "--dist-timeout", "30"],
-                                       "epoch   1/3", lambda pids: os.kill(pids[1], signal.SIGKILL))
-    assert rc != 0, log
-    assert elapsed < 60, log
-    # rank 0 says what happened in one line, or torchrun ended it first; neither waits for the timeout
-    assert "lost the other training processes" in log or "ChildFailedError" in log, log
-
-
-def test_torchrun_max_restarts_picks_the_run_up_from_its_checkpoint(stoppable, tmp_path):
+def test_a_killed_rank_ends_the_attempt_at_once_and_max_restarts_picks_the_run_up(stoppable, tmp_path):
     out = tmp_path / "restarted"
-    rc, log, _ = _torchrun_train([*stoppable, "--out", out], "epoch   1/3",
-                                 lambda pids: os.kill(pids[1], signal.SIGKILL), restarts=1)
-    assert rc == 0, log
+    rc, log, elapsed = _torchrun_train([*stoppable, "--out", out, "--dist-timeout", "30"], "epoch   1/3",
+                                       lambda pids: os.kill(pids[1], signal.SIGKILL), restarts=1)
+    # the survivor says what happened in one line and the attempt ends at once, not after the timeout ...
+    assert "lost the other training processes" in log, log
+    assert "Traceback" not in log.split("resuming")[0], log
+    # ... and torchrun's restart goes on from the checkpoint, in a store of its own (no stale peers)
+    assert rc == 0 and elapsed < 120, log
     assert "resuming" in log, log
     from medcls.run_folder import RunFolder
 
