@@ -420,10 +420,12 @@ def evaluate_run(root: str | Path, data: str | None = None, splits=("test",), de
                             f"data; the validation metrics of its first pass are in {run.folder.selection.metrics}")
         raise DataError(f"{run.root} averages a run trained again on train + val (refit), so its val split is "
                         "training data")
+    done: dict = {}  # splits already predicted (the validation split an operating point is chosen on)
     if operating_point is not None or prevalence is not None:
-        _choose_operating_point(run, ds, operating_point, prevalence, world)
+        _choose_operating_point(run, ds, operating_point, prevalence, world, done)
     kept: dict = {}
-    results = {s: run.sample_probs(ds, s, **({"keep": kept} if s == "test" and isinstance(run, CNNRun) else {}))
+    results = {s: done[s] if s in done else
+               run.sample_probs(ds, s, **({"keep": kept} if s == "test" and isinstance(run, CNNRun) else {}))
                for s in splits if (ds.splits == s).any()}
     if not results:
         raise DataError(f"{ds.source}: no {', '.join(splits)} split to evaluate on")
@@ -467,8 +469,12 @@ def _clinical_extras(run, ds, split: str, probs, y, by, group, rule) -> dict:
     return out
 
 
-def _choose_operating_point(run, ds, target: str | None, prevalence: float | None, world: World) -> None:
-    """Choose (or re-use) the threshold on validation; save it in the run's ``config.json``."""
+def _choose_operating_point(run, ds, target: str | None, prevalence: float | None, world: World,
+                            done: dict) -> None:
+    """Choose (or re-use) the threshold on validation; save it in the run's ``config.json``.
+
+    The validation probabilities it predicts go into ``done["val"]``, for the evaluation to reuse.
+    """
     from dataclasses import replace
 
     from medcls.evaluate.stats import choose_threshold, parse_target
@@ -487,7 +493,7 @@ def _choose_operating_point(run, ds, target: str | None, prevalence: float | Non
                             "threshold on without bias; train without --refit, or choose it on the first pass")
         if ds.name != run.config.data.name or not (ds.splits == "val").any():
             raise DataError(f"{ds.source}: the threshold is chosen on the run's own validation split")
-        probs, y = run.sample_probs(ds, "val")
+        probs, y = done["val"] = run.sample_probs(ds, "val")
         op = {"target": target, "chosen_on": "val", "dataset": ds.name}
         if multilabel:  # a label validation cannot rank (no positives or no negatives) keeps 0.5
             op["thresholds"] = {n: (choose_threshold(y[:, j], probs[:, j], target)
