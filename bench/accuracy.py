@@ -5,6 +5,7 @@
     python bench/accuracy.py --datasets pneumoniamnist --methods vgg11_bn --seeds 0 1 2
     python bench/accuracy.py --datasets breastmnist --merge   # add/replace one dataset in results/accuracy.json
     python bench/accuracy.py --datasets breastmnist --methods alexnet --seeds 0 1 2 --merge   # replace one row
+    python bench/accuracy.py --datasets adrenalmnist3d --methods vgg11_bn_acs --seeds 0 1 2 --merge  # a volume form
 
 Every row of ours is trained and evaluated by this script in this run (with
 `medcls train` defaults unless --quick); published rows come from
@@ -27,6 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine, published, write_results  # noqa: E402
 
 CNN = {"alexnet": "AlexNet", "vgg11_bn": "VGG-11 (BN)", "googlenet": "GoogLeNet"}
+# whole-volume forms (3-D sets only): the 2-D rows of a volume set train on 2.5-D stacks of its slices
+VOLUME_CNN = {f"{m}_{mode}": f"{label} {'ACS' if mode == 'acs' else '3-D'}" for m, label in CNN.items()
+              for mode in ("acs", "3d")}
 DATASETS = ("pneumoniamnist", "breastmnist", "adrenalmnist3d")
 
 
@@ -157,9 +161,9 @@ def _bench(a, argv, work: Path) -> int:
         for method in a.methods:
             if method == "classical":
                 ours["Classical (best of 5, HOG+stats)"] = summarise([run_classical(data, a.quick, work, a.data_dir)])
-            elif method in CNN:
+            elif method in CNN or method in VOLUME_CNN:
                 rows = [run_cnn(method, data, s, a.quick, work, a.data_dir) for s in a.seeds]
-                ours[CNN[method]] = summarise(rows)
+                ours[{**CNN, **VOLUME_CNN}[method]] = summarise(rows)
         if "ensemble" in a.methods:
             members = [ours[CNN[m]]["runs"][0]["run"] for m in CNN if m in a.methods and CNN[m] in ours]
             if len(members) >= 2:
@@ -188,7 +192,7 @@ def _merge_rows(previous: dict | None, ours: dict) -> dict:
         if name not in ours:
             rows[name] = {**s, "command": s.get("command", previous.get("command"))}
     rows.update(ours)
-    order = ["Classical (best of 5, HOG+stats)", *CNN.values(), "Ensemble of the CNNs"]
+    order = ["Classical (best of 5, HOG+stats)", *CNN.values(), *VOLUME_CNN.values(), "Ensemble of the CNNs"]
     return dict(sorted(rows.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
 
 

@@ -239,18 +239,22 @@ def _print_dataset(s: dict) -> None:
 def models(as_json: bool = typer.Option(False, "--json", help="Print a JSON list."),
            classes: int = typer.Option(2, "--classes", help="Number of classes."),
            channels: int = typer.Option(1, "--channels", help="Input channels."),
-           size: int = typer.Option(28, "--size", help="Input height and width (28-512+).")) -> None:
-    """Every model by name, with parameters and FLOPs at one input shape."""
-    from medcls.models import list_models, model_stats
+           size: int = typer.Option(28, "--size", help="Input height and width (28-512+); volume models: "
+                                    "the cube's side."),
+           volumes: bool = typer.Option(True, "--volumes/--no-volumes", help="List the ACS and 3-D forms too.")
+           ) -> None:
+    """Every model by name, with parameters and FLOPs at one input shape (volume forms: a cube of that side)."""
+    from medcls.models import base_name, list_models, model_stats
 
-    rows = [model_stats(n, classes, channels, size) for n in list_models()]
+    rows = [model_stats(n, classes, channels, size) for n in list_models()
+            if volumes or base_name(n)[1] is None]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"{classes} classes, {channels} x {size} x {size} input")
+    t = Table(title=f"{classes} classes, {channels} x {size} x {size} input (volume forms: {channels} x {size}^3)")
     for c in ("model", "params", "params (train, with aux)", "GFLOPs", "GMACs"):
         t.add_column(c, justify="left" if c == "model" else "right")
     for r in rows:
@@ -323,8 +327,13 @@ def train(
     ema: bool = typer.Option(True, "--ema/--no-ema", help="Validate and keep a moving average of the weights."),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N | mps"),
-    volume_mode: Optional[str] = typer.Option(None, "--volume-mode", help="Volumes: slices | 2.5d [default: 2.5d "
-                                              "for MedMNIST volumes, slices for volume files]."),
+    volume_mode: Optional[str] = typer.Option(None, "--volume-mode", help="Volumes: slices | 2.5d (2-D networks) | "
+                                              "acs | 3d (whole volumes: the model's ACS or 3-D form, e.g. "
+                                              "vgg11_bn -> vgg11_bn_acs) [default: the model's; else 2.5d for "
+                                              "MedMNIST volumes, slices for volume files]."),
+    volume_spacing: Optional[float] = typer.Option(None, "--volume-spacing", help="acs / 3d on volume files: "
+                                                   "resample to isotropic voxels of this many mm, then centre "
+                                                   "crop/pad to --size cubed [default: resize the whole volume]."),
     labelled_fraction: float = typer.Option(1.0, "--labelled-fraction", help="Keep this fraction of train labels."),
     semi: Optional[str] = typer.Option(None, "--semi", help="pseudo | fixmatch | meanteacher"),
     refit: bool = typer.Option(False, "--refit/--no-refit", help="After choosing the epoch on validation, train "
@@ -413,7 +422,7 @@ def train(
                           patience=patience, clip_grad=clip_grad, ema=ema, seed=seed,
                           checkpoint_every=TrainConfig.checkpoint_every if checkpoint_every is None
                           else checkpoint_every,
-                          device=device, volume_mode=volume_mode,
+                          device=device, volume_mode=volume_mode, volume_spacing=volume_spacing,
                           labelled_fraction=labelled_fraction, semi=semi, refit=refit, model_kwargs=kwargs,
                           max_train_samples=max_train_samples, modality=modality, ct_windows=_windows(ct_windows),
                           file_window=file_window, clahe=clahe, us_crop=us_crop, mr_norm=mr_norm,

@@ -49,7 +49,8 @@ METHODS = ("gradcam", "gradcam++", "occlusion", "ig")
 
 @dataclass
 class Explanation:
-    maps: np.ndarray  # (N, H, W) in [0, 1] at the input resolution; (N, T, H, W) for several targets
+    # (N, H, W) in [0, 1] at the input resolution ((N, D, H, W) for volumes); (N, T, ...) for several targets
+    maps: np.ndarray
     probs: np.ndarray  # (N, K) the model's probabilities
     targets: np.ndarray  # (N,) or (N, T): what each map explains (class or label index)
     method: str
@@ -68,7 +69,7 @@ def resolve_layer(model: nn.Module, layer: str | None = None) -> tuple[str, list
     modules = dict(model.named_modules())
     missing = [n for n in name.split(",") if n.strip() not in modules]
     if missing:
-        convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d)][-4:]
+        convs = [n for n, m in modules.items() if isinstance(m, (nn.Conv2d, nn.Conv3d))][-4:]
         raise MedclsError(f"the model has no layer {missing[0]!r}; its last convolutions are {', '.join(convs)}")
     return name, [modules[n.strip()] for n in name.split(",")]
 
@@ -99,8 +100,9 @@ def _explaining(model: nn.Module):
 def _normalise(maps: torch.Tensor) -> torch.Tensor:
     """Each map to [0, 1] by its own maximum (a map of zeros stays zero)."""
     flat = maps.flatten(1)
-    lo = flat.min(1).values.view(-1, 1, 1)
-    hi = flat.max(1).values.view(-1, 1, 1)
+    view = (-1,) + (1,) * (maps.ndim - 1)
+    lo = flat.min(1).values.view(view)
+    hi = flat.max(1).values.view(view)
     return torch.where(hi > lo, (maps - lo) / (hi - lo).clamp_min(1e-12), torch.zeros_like(maps))
 
 
@@ -127,32 +129,35 @@ def _cam(model: nn.Module, x: torch.Tensor, target: torch.Tensor, modules: list[
         for h in handles:
             h.remove()
     cam = None
+    space = tuple(range(2, x.ndim))  # the spatial axes: (H, W), or (D, H, W) for a volume
     for a, g in zip(acts, grads):
         a, g = a.detach().float().to(x.device), g.detach().float().to(x.device)
         if plus:
             # Grad-CAM++ weights (eq. 19 of the paper with the exponential output, as its authors' code):
             # alpha = g^2 / (2 g^2 + sum(A) g^3), weights = sum(alpha * relu(g))
             g2, g3 = g.pow(2), g.pow(3)
-            denom = 2 * g2 + a.sum(dim=(2, 3), keepdim=True) * g3
+            denom = 2 * g2 + a.sum(dim=space, keepdim=True) * g3
             alpha = g2 / torch.where(denom != 0, denom, torch.ones_like(denom))
-            weights = (alpha * F.relu(g)).sum(dim=(2, 3), keepdim=True)
+            weights = (alpha * F.relu(g)).sum(dim=space, keepdim=True)
         else:
-            weights = g.mean(dim=(2, 3), keepdim=True)
+            weights = g.mean(dim=space, keepdim=True)
         part = (weights * a).sum(1, keepdim=True)
         cam = part if cam is None else cam + part
     cam = F.relu(cam)
-    return F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    mode = "trilinear" if x.ndim == 5 else "bilinear"
+    return F.interpolate(cam, size=x.shape[2:], mode=mode, align_corners=False)[:, 0]
 
 
 def _occlusion(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     from captum.attr import Occlusion
 
     s = x.shape[-1]
-    win = max(3, s // 7)  # a 4x4 patch at 28 px, 32x32 at 224 px
+    win = max(3, s // 7)  # a 4x4 patch at 28 px, 32x32 at 224 px (a 4^3 cube at 28^3)
     stride = max(1, win // 2)
+    space = x.ndim - 2
     attr = Occlusion(lambda t: _logits(model, t)).attribute(
-        x, target=target, sliding_window_shapes=(x.shape[1], win, win), strides=(x.shape[1], stride, stride),
-        baselines=0.0, perturbations_per_eval=16)
+        x, target=target, sliding_window_shapes=(x.shape[1],) + (win,) * space,
+        strides=(x.shape[1],) + (stride,) * space, baselines=0.0, perturbations_per_eval=16)
     return F.relu(attr.sum(1))  # where hiding the patch lowered the class score
 
 
@@ -223,8 +228,9 @@ def explain(run_or_model, images, method: str = "gradcam", target=None, *, layer
             raise MedclsError(f"{getattr(run, 'root', run)}: maps need a CNN run; a classical pipeline works on "
                               "hand-made features (HOG, SIFT, statistics), not on pixels a gradient can reach")
         model, x, task = run.model, run.inputs(np.asarray(images)), run.task
-    if x.ndim != 4:
-        raise MedclsError(f"images must be a batch (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.ndim not in (4, 5):
+        raise MedclsError(f"images must be a batch (N, C, H, W), or of volumes (N, C, D, H, W), got shape "
+                          f"{tuple(x.shape)}")
     name = resolve_layer(model, layer)[0] if method in ("gradcam", "gradcam++") else None
     maps, probs, targets = [], [], []
     for i in range(0, len(x), batch_size):

@@ -101,7 +101,6 @@ def explain_files(run, paths, out: str | Path, method: str = "gradcam", target: 
     k_asked = resolve_target(run, target)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    prep = run.preparation
     taken: set[str] = set()
     results = []
     for p in paths:
@@ -117,21 +116,10 @@ def explain_files(run, paths, out: str | Path, method: str = "gradcam", target: 
         k = int(probs.argmax()) if k_asked is None else k_asked
         e = explain(run, items, method, target=k, layer=layer)
         order = np.argsort(-item_probs[:, k], kind="stable")[:max(1, top)]
-        sources = _sources(arr, meta, prep)
-        family = prep.family_of(meta.modality)
-        panels, decisive = [], []
-        for i in order:
-            src = sources[min(int(i), len(sources) - 1)]
-            shown, box = for_display(src, meta.window, family, prep)
-            heat = _on_file_grid(e.maps[i], shown.shape[:2], box)
-            r, c = np.unravel_index(int(np.argmax(heat)), heat.shape)
-            where = {"row": int(r), "col": int(c)}
-            if len(items) > 1:
-                where = {("slice" if meta.is_volume else "frame"): int(i), **where}
-            decisive.append({**where, "probability": round(float(item_probs[i, k]), 6)})
-            caption = (f"{'slice' if meta.is_volume else 'frame'} {int(i)}: " if len(items) > 1 else "") + \
-                f"p({run.class_names[k]}) = {item_probs[i, k]:.3f}"
-            panels.append((shown, heat, caption))
+        if getattr(run, "whole_volume", False):
+            panels, decisive = _volume_panels(run, items, e.maps, item_probs, k, order, meta)
+        else:
+            panels, decisive = _item_panels(run, arr, meta, items, e.maps, item_probs, k, order)
         stem = _stem(p, uid, taken)
         figure = out / f"{stem}.png"
         verdict = run.class_names[int(probs.argmax())]
@@ -149,6 +137,55 @@ def explain_files(run, paths, out: str | Path, method: str = "gradcam", target: 
         write_json(out / f"{stem}.json", record)
         results.append(FileExplanation(str(p), record, figure, notes))
     return results
+
+
+def _item_panels(run, arr, meta, items, maps, item_probs, k: int, order) -> tuple[list, list]:
+    """2-D items: each chosen item's map on its own image (slice, frame), on the file's pixel grid."""
+    prep = run.preparation
+    sources = _sources(arr, meta, prep)
+    family = prep.family_of(meta.modality)
+    panels, decisive = [], []
+    for i in order:
+        src = sources[min(int(i), len(sources) - 1)]
+        shown, box = for_display(src, meta.window, family, prep)
+        heat = _on_file_grid(maps[i], shown.shape[:2], box)
+        r, c = np.unravel_index(int(np.argmax(heat)), heat.shape)
+        where = {"row": int(r), "col": int(c)}
+        if len(items) > 1:
+            where = {("slice" if meta.is_volume else "frame"): int(i), **where}
+        decisive.append({**where, "probability": round(float(item_probs[i, k]), 6)})
+        caption = (f"{'slice' if meta.is_volume else 'frame'} {int(i)}: " if len(items) > 1 else "") + \
+            f"p({run.class_names[k]}) = {item_probs[i, k]:.3f}"
+        panels.append((shown, heat, caption))
+    return panels, decisive
+
+
+def _volume_panels(run, items, maps, item_probs, k: int, order, meta) -> tuple[list, list]:
+    """Whole volumes (ACS / 3-D runs): the axial, coronal and sagittal planes through each map's peak.
+
+    The planes are of the cube the model saw (its first channel). The peak is
+    given in that cube's voxels and, when the whole volume was stretched to the
+    cube (no ``--volume-spacing``), in the file's voxels too.
+    """
+    panels, decisive = [], []
+    for i in order:
+        vol = items[i, 0].astype(np.float32) / 255.0
+        heat = maps[i]
+        z, y, x = (int(v) for v in np.unravel_index(int(np.argmax(heat)), heat.shape))
+        where = {"input_voxel": [z, y, x]}
+        shape = tuple(getattr(meta, "shape", ()) or ())
+        if run.preparation.volume_spacing is None and len(shape) >= 3:
+            zyx = shape[-3:]
+            where["voxel"] = [int(min(n - 1, (v + 0.5) * n / s)) for v, n, s in zip((z, y, x), zyx, heat.shape)]
+        if len(items) > 1:
+            where = {"time_point": int(i), **where}
+        decisive.append({**where, "probability": round(float(item_probs[i, k]), 6)})
+        head = f"t {int(i)}: " if len(items) > 1 else ""
+        for plane, img, h in (("axial", vol[z], heat[z]), ("coronal", vol[:, y], heat[:, y]),
+                              ("sagittal", vol[:, :, x], heat[:, :, x])):
+            panels.append((img, h, f"{head}{plane} through the peak, p({run.class_names[k]}) = "
+                                   f"{item_probs[i, k]:.3f}"))
+    return panels, decisive
 
 
 def sanity(run, items: np.ndarray, method: str = "gradcam", layer: str | None = None, limit: int = 16) -> float:

@@ -17,7 +17,7 @@ from medcls.distributed import SINGLE, World, gather_rows, shard
 from medcls.errors import MedclsError
 
 __all__ = ["TTA_MODES", "select_device", "set_threads", "Normaliser", "to_device_batch", "autocast",
-           "predict_items", "aggregate"]
+           "predict_items", "aggregate", "channels_last", "eval_batch_size"]
 
 TTA_MODES = ("none", "flip")  # test-time augmentation: none, or the mean with the mirror image
 
@@ -73,13 +73,32 @@ class Normaliser:
         return cls(xf.mean(axis=(0, 2)), xf.std(axis=(0, 2)))
 
     def __call__(self, x01: torch.Tensor) -> torch.Tensor:
-        m = torch.tensor(self.mean, device=x01.device, dtype=x01.dtype).view(1, -1, 1, 1)
-        s = torch.tensor(self.std, device=x01.device, dtype=x01.dtype).view(1, -1, 1, 1)
+        view = (1, -1) + (1,) * (x01.ndim - 2)  # images (N, C, H, W) and volumes (N, C, D, H, W)
+        m = torch.tensor(self.mean, device=x01.device, dtype=x01.dtype).view(view)
+        s = torch.tensor(self.std, device=x01.device, dtype=x01.dtype).view(view)
         return (x01 - m) / s
 
 
+def _channels_last_format(ndim: int) -> torch.memory_format:
+    return torch.channels_last_3d if ndim == 5 else torch.channels_last
+
+
+def channels_last(model: nn.Module) -> nn.Module:
+    """``model``'s 4-D weights channels-last and its 5-D ones channels-last-3d (in place; returns it).
+
+    ``Module.to(memory_format=...)`` takes one format for every weight, and an
+    ACS network holds 2-D (4-D) kernels that act on volumes beside 3-D ones.
+    """
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            if t.ndim in (4, 5):
+                t.data = t.data.contiguous(memory_format=_channels_last_format(t.ndim))
+    return model
+
+
 def to_device_batch(x: np.ndarray, idx: np.ndarray, device: torch.device) -> torch.Tensor:
-    """Items ``idx`` of uint8 ``(N, C, H, W)`` as a float batch in [0, 1] on ``device``, channels-last.
+    """Items ``idx`` of uint8 ``(N, C, H, W)`` (or ``(N, C, D, H, W)``) as a float batch in [0, 1] on
+    ``device``, channels-last.
 
     On CUDA the copy goes through pinned memory and does not block the host.
     """
@@ -88,7 +107,19 @@ def to_device_batch(x: np.ndarray, idx: np.ndarray, device: torch.device) -> tor
         t = t.pin_memory().to(device, non_blocking=True)
     else:
         t = t.to(device)
-    return t.float().div_(255.0).contiguous(memory_format=torch.channels_last)
+    return t.float().div_(255.0).contiguous(memory_format=_channels_last_format(t.ndim))
+
+
+# a prediction batch of volumes holds at most this many voxels (47 volumes of 28^3, 4 of 64^3): larger
+# batches of volumes predict no faster on a CPU (bench/results/volume_speed.json)
+EVAL_BATCH_VOXELS = 1 << 20
+
+
+def eval_batch_size(x: np.ndarray, batch_size: int = 256) -> int:
+    """``batch_size`` items at a time, fewer for volumes so that a batch's activations stay bounded."""
+    if x.ndim == 5:
+        return int(max(1, min(batch_size, EVAL_BATCH_VOXELS // max(1, int(np.prod(x.shape[2:]))))))
+    return batch_size
 
 
 def autocast(device: torch.device, enabled: bool):
@@ -102,7 +133,7 @@ def autocast(device: torch.device, enabled: bool):
 @torch.no_grad()
 def predict_items(model: nn.Module, x: np.ndarray, norm: Normaliser, device: torch.device, task: str,
                   batch_size: int = 256, amp: bool = True, tta: str = "none", world: World = SINGLE) -> np.ndarray:
-    """Probabilities for uint8 items ``(N, C, H, W)``: softmax, or sigmoid for multi-label.
+    """Probabilities for uint8 items ``(N, C, H, W)`` or volumes: softmax, or sigmoid for multi-label.
 
     ``tta="flip"`` averages the probabilities of each item and its left-right mirror image.
     With several processes (``world``) each predicts its own block of the items
@@ -117,6 +148,7 @@ def predict_items(model: nn.Module, x: np.ndarray, norm: Normaliser, device: tor
         return gather_rows(part, world)
     model.eval()
     out = []
+    batch_size = eval_batch_size(x, batch_size)
 
     def probs(xb: torch.Tensor) -> torch.Tensor:
         with autocast(device, amp):

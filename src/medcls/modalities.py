@@ -18,7 +18,8 @@ from medcls.errors import MedclsError
 __all__ = [
     "HU_WINDOWS", "MODALITIES", "for_display", "ModalityInfo", "FAMILIES", "VOLUME_AXES", "Preparation", "window",
     "percentile_window", "clahe", "to_grey", "content_box", "crop_to_content", "ct_windows", "zscore_in_body",
-    "percentile_in_body", "body_mask", "stack_channels", "volume_slices", "slices_25d", "resize", "prepare",
+    "percentile_in_body", "body_mask", "stack_channels", "volume_slices", "slices_25d", "resize", "resize_volume",
+    "VOLUME_MODES", "WHOLE_VOLUME_MODES", "prepare",
     "modality_family", "mirror_safe", "PrepOptions", "MR_NORMS", "FAMILY_LIMITS",
 ]
 
@@ -33,6 +34,10 @@ HU_WINDOWS: dict[str, tuple[float, float]] = {
 
 FAMILIES = ("xray", "us", "ct", "mr", "other")  # how pixels are prepared; "auto": from each file's header
 VOLUME_AXES = {"axial": 0, "coronal": 1, "sagittal": 2}  # of a (Z, Y, X) volume
+# how a volume becomes model input: 2-D items (slices, 2.5-D stacks) or the whole volume (ACS and 3-D networks)
+VOLUME_MODES = ("slices", "2.5d", "acs", "3d")
+WHOLE_VOLUME_MODES = ("acs", "3d")
+MAX_RESAMPLED_VOXELS = 1 << 27  # a volume resampled to --volume-spacing holds at most this many voxels (512 MiB)
 
 
 class ModalityInfo(NamedTuple):
@@ -216,6 +221,47 @@ def resize(img: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     return out[..., None] if img.ndim == 3 and out.ndim == 2 else out
 
 
+def resize_volume(vol: np.ndarray, size: int, spacing: Sequence[float] | None = None,
+                  target_spacing: float | None = None, where: str = "volume") -> np.ndarray:
+    """A ``(Z, Y, X)`` volume in [0, 1] as a ``size``-cubed one, with scikit-image (linear, anti-aliased).
+
+    Without ``target_spacing`` the whole volume is stretched to the cube (as
+    MedMNIST3D was made). With it, the volume is first resampled to isotropic
+    voxels of that many mm (``spacing``: the file's (z, y, x) mm), then centre
+    cropped or padded (with 0) to the cube, so that every voxel of every file is
+    the same physical size and the cube covers ``size * target_spacing`` mm.
+    """
+    from skimage.transform import resize as sk_resize
+
+    vol = np.asarray(vol, dtype=np.float32)
+    if target_spacing is None:
+        shape = (size, size, size)
+    else:
+        if spacing is None or len(spacing) != 3 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
+            raise MedclsError(f"{where}: --volume-spacing needs the voxel spacing, and the file gives none")
+        shape = tuple(max(1, int(round(n * float(sp) / target_spacing))) for n, sp in zip(vol.shape, spacing))
+        if int(np.prod(shape, dtype=np.int64)) > MAX_RESAMPLED_VOXELS:
+            raise MedclsError(f"{where}: at {target_spacing:g} mm its {' x '.join(map(str, vol.shape))} voxels of "
+                              f"{' x '.join(f'{float(s):g}' for s in spacing)} mm would become "
+                              f"{' x '.join(map(str, shape))}, more than medcls resamples; choose a coarser "
+                              "--volume-spacing")
+    if vol.shape != shape:
+        vol = sk_resize(vol, shape, order=1, mode="edge", anti_aliasing=any(a > b for a, b in zip(vol.shape, shape)),
+                        preserve_range=True).astype(np.float32)
+    if target_spacing is None:
+        return vol
+    out = np.zeros((size, size, size), np.float32)
+    src, dst = [], []
+    for n in vol.shape:  # centre crop (n > size) or pad (n < size) on each axis
+        a = max(0, (n - size) // 2)
+        b = max(0, (size - n) // 2)
+        m = min(n, size)
+        src.append(slice(a, a + m))
+        dst.append(slice(b, b + m))
+    out[tuple(dst)] = vol[tuple(src)]
+    return out
+
+
 MR_NORMS = ("percentile", "zscore")
 
 
@@ -244,7 +290,12 @@ class Preparation:
         mr_norm: MRI: ``percentile`` (1st-99th of the body to [0, 1]) or ``zscore``
             (of the body, -3 to +3 sd to [0, 1]).
         volume_axis: volumes: slice axis (0 axial, 1 coronal, 2 sagittal).
-        volume_mode: ``slices`` or ``2.5d`` (each slice with its neighbours as channels).
+        volume_mode: ``slices``, ``2.5d`` (each slice with its neighbours as
+            channels), or the whole volume as one item: ``acs`` / ``3d`` (for the
+            ACS and 3-D networks), resized to ``size`` cubed.
+        volume_spacing: ``acs`` / ``3d``: resample to isotropic voxels of this
+            many mm and centre crop/pad to the cube; ``None``: stretch the whole
+            volume to the cube.
     """
 
     modality: str = "auto"
@@ -257,6 +308,7 @@ class Preparation:
     mr_norm: str = "percentile"
     volume_axis: int = 0
     volume_mode: str = "slices"
+    volume_spacing: float | None = None
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -271,10 +323,17 @@ class Preparation:
             raise MedclsError(f"MRI normalisation must be percentile or zscore, not {self.mr_norm!r}")
         if self.volume_axis not in VOLUME_AXES.values():
             raise MedclsError(f"volume axis must be 0 (axial), 1 (coronal) or 2 (sagittal), not {self.volume_axis!r}")
-        if self.volume_mode not in ("slices", "2.5d"):
-            raise MedclsError(f"volume mode must be slices or 2.5d, not {self.volume_mode!r}")
+        if self.volume_mode not in VOLUME_MODES:
+            raise MedclsError(f"volume mode must be one of {', '.join(VOLUME_MODES)}, not {self.volume_mode!r}")
+        if self.volume_spacing is not None and not (0 < float(self.volume_spacing) <= 100):
+            raise MedclsError(f"volume spacing must be from 0 to 100 mm, not {self.volume_spacing!r}")
         if int(self.size) < 1 or int(self.channels) < 1:
             raise MedclsError(f"size and channels must be at least 1, got {self.size} and {self.channels}")
+
+    @property
+    def whole_volume(self) -> bool:
+        """Volumes are one item each (ACS / 3-D networks), not slices."""
+        return self.volume_mode in WHOLE_VOLUME_MODES
 
     @property
     def crops_ultrasound(self) -> bool:
@@ -300,7 +359,12 @@ class Preparation:
         what += f"; {self.size}x{self.size}, {self.channels} channel{'s' if self.channels > 1 else ''}"
         if volume:
             axis = {v: k for k, v in VOLUME_AXES.items()}[self.volume_axis]
-            what += f"; volumes as {axis} {'2.5-D stacks' if self.volume_mode == '2.5d' else 'slices'}"
+            if self.whole_volume:
+                what = what.replace(f"; {self.size}x{self.size},", f"; {self.size}^3,")
+                how = f"resampled to {self.volume_spacing:g} mm, centred" if self.volume_spacing else "resized whole"
+                what += f"; volumes whole for {'ACS' if self.volume_mode == 'acs' else '3-D'} networks ({how})"
+            else:
+                what += f"; volumes as {axis} {'2.5-D stacks' if self.volume_mode == '2.5d' else 'slices'}"
         return f"{family}: {what}"
 
     def to_dict(self) -> dict:
@@ -340,12 +404,14 @@ class PrepOptions:
     def axis(self) -> int:
         return VOLUME_AXES[self.volume_axis]
 
-    def preparation(self, size: int, channels: int | None = None, volume_mode: str = "slices") -> Preparation:
+    def preparation(self, size: int, channels: int | None = None, volume_mode: str = "slices",
+                    volume_spacing: float | None = None) -> Preparation:
         """The :class:`Preparation` of image files; ``channels`` defaults to one per CT window."""
         windows = tuple(self.ct_windows) if self.ct_windows else ("abdomen",)
         return Preparation(modality=self.modality, size=size, channels=channels or len(windows), ct_windows=windows,
                            use_file_window=self.file_window, clahe=self.clahe, crop=self.us_crop,
-                           mr_norm=self.mr_norm, volume_axis=self.axis, volume_mode=volume_mode)
+                           mr_norm=self.mr_norm, volume_axis=self.axis, volume_mode=volume_mode,
+                           volume_spacing=volume_spacing)
 
     @property
     def pixel_options(self) -> list[str]:
@@ -423,19 +489,54 @@ def _squash(z: np.ndarray) -> np.ndarray:
     return np.clip((z + 3.0) / 6.0, 0.0, 1.0)
 
 
+def _volume_01(vol: np.ndarray, family: str, prep: Preparation, where: str) -> np.ndarray:
+    """A volume normalised as its family is, to [0, 1]: ``(C, Z, Y, X)`` (CT: one channel per window)."""
+    if family == "ct":
+        return ct_windows(vol, prep.ct_windows)
+    if family == "mr":
+        return (percentile_in_body(vol) if prep.mr_norm == "percentile" else _squash(zscore_in_body(vol)))[None]
+    return percentile_window(vol)[None]
+
+
+def _prepare_whole_volume(vol: np.ndarray, meta, family: str, prep: Preparation) -> np.ndarray:
+    """One ``(Z, Y, X)`` volume -> ``(1, C, size, size, size)``: the input of an ACS or 3-D network."""
+    where = str(getattr(meta, "path", "volume"))
+    chans = _volume_01(vol, family, prep, where)
+    spacing = getattr(meta, "spacing", None)
+    out = np.stack([resize_volume(c, prep.size, spacing, prep.volume_spacing, where) for c in chans])
+    if out.shape[0] != prep.channels:
+        if out.shape[0] == 1:
+            out = np.repeat(out, prep.channels, axis=0)
+        elif prep.channels == 1:
+            out = out.mean(0, keepdims=True)
+        else:
+            raise MedclsError(f"{where}: preparation makes {out.shape[0]} channels but the model takes "
+                              f"{prep.channels}")
+    return np.clip(out, 0, 1)[None].astype(np.float32)
+
+
 def prepare(array: np.ndarray, meta, prep: Preparation) -> np.ndarray:
     """What :func:`medcls.io.read` returned -> model input ``(N, C, size, size)`` float32 in [0, 1].
 
     A 2-D image gives N = 1; multi-frame files give one item per frame; volumes give
     one item per slice along ``prep.volume_axis`` (2.5-D stacks neighbours as channels);
     a 4-D volume (a time series such as fMRI or DCE, ``(T, Z, Y, X)``) gives every
-    slice of every time point, time point by time point.
+    slice of every time point, time point by time point. With a whole-volume mode
+    (``acs`` / ``3d``) a volume is one item ``(1, C, size, size, size)`` (a time
+    series one per time point), and a 2-D image is refused.
     """
-    if getattr(meta, "is_volume", False) and array.ndim == 4:
+    volume = getattr(meta, "is_volume", False)
+    if prep.whole_volume and not (volume and array.ndim in (3, 4)):
+        raise MedclsError(f"{getattr(meta, 'path', 'image')}: a 2-D image, but this preparation is for volumes "
+                          f"({prep.volume_mode} networks take a volume: a NIfTI file or a DICOM "
+                          "series folder)")
+    if volume and array.ndim == 4:
         return np.concatenate([prepare(v, meta, prep) for v in array])
     family = prep.family_of(getattr(meta, "modality", "OT"))
     win = getattr(meta, "window", None)
-    if getattr(meta, "is_volume", False) and array.ndim == 3:
+    if prep.whole_volume:
+        return _prepare_whole_volume(array, meta, family, prep)
+    if volume and array.ndim == 3:
         if prep.volume_mode == "2.5d":
             k = max(1, prep.channels // 2)
             vol = array

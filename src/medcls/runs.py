@@ -21,10 +21,11 @@ from medcls.data import load_dataset, to_items
 from medcls.distributed import SINGLE, World
 from medcls.errors import DataError, MedclsError, ReadError
 from medcls.evaluate import write_outputs
-from medcls.infer import Normaliser, aggregate, predict_items, select_device, to_device_batch
+from medcls.infer import Normaliser, aggregate, channels_last, eval_batch_size, predict_items, select_device, \
+    to_device_batch
 from medcls.io import check_values, read
 from medcls.modalities import Preparation, modality_family, prepare
-from medcls.models import create_model
+from medcls.models import base_name, create_model
 from medcls.run_folder import RunConfig, RunFolder
 from medcls.train.checkpoint import load_weights
 
@@ -223,16 +224,27 @@ class CNNRun(_Run):
             if not self.folder.best.is_file():
                 raise MedclsError(f"{self.root}: no {self.folder.best.name} (training has not finished an epoch)")
             load_weights(model, self.folder.best)
-            self._model = model.to(self.device).to(memory_format=torch.channels_last).eval()
+            self._model = channels_last(model.to(self.device)).eval()
         return self._model
+
+    @property
+    def whole_volume(self) -> bool:
+        """The model is an ACS or 3-D network: its items are whole volumes ``(N, C, D, H, W)``."""
+        return base_name(self.config.model.name)[1] is not None
 
     def _fit_size(self, x: np.ndarray) -> np.ndarray:
         s, c = self.config.model.input_size, self.config.model.in_channels
+        dims = 3 if self.whole_volume else 2
+        if x.ndim != dims + 2:
+            raise MedclsError(f"{self.root}: its model ({self.config.model.name}) takes "
+                              f"{'whole volumes (N, C, D, H, W)' if dims == 3 else '2-D items (N, C, H, W)'}, "
+                              f"not items of shape {tuple(x.shape)}")
         if x.shape[1] != c:
             x = np.repeat(x[:, :1], c, axis=1) if x.shape[1] == 1 or c > 1 else x.mean(1, keepdims=True)
-        if x.shape[-1] == s and x.shape[-2] == s:
+        if all(int(d) == s for d in x.shape[2:]):
             return x.astype(np.uint8)
-        t = F.interpolate(torch.from_numpy(x.astype(np.float32)), size=(s, s), mode="bilinear", align_corners=False)
+        t = F.interpolate(torch.from_numpy(x.astype(np.float32)), size=(s,) * dims,
+                          mode="trilinear" if dims == 3 else "bilinear", align_corners=False)
         return t.clamp(0, 255).round().to(torch.uint8).numpy()
 
     def predict_items(self, x: np.ndarray) -> np.ndarray:
@@ -280,8 +292,10 @@ class CNNRun(_Run):
         panels = []
         for j, i in enumerate(picked):
             img = items[i].astype(np.float32) / 255.0
-            shown = np.moveaxis(img, 0, -1) if img.shape[0] == 3 else img[img.shape[0] // 2]
             heat = e.maps[j]
+            if img.ndim == 4:  # a volume (C, D, H, W): its central axial slice, and the map's
+                img, heat = img[:, img.shape[1] // 2], heat[heat.shape[0] // 2]
+            shown = np.moveaxis(img, 0, -1) if img.shape[0] == 3 else img[img.shape[0] // 2]
             if heat.shape != shown.shape[:2]:
                 heat = F.interpolate(torch.from_numpy(heat)[None, None], size=shown.shape[:2], mode="bilinear",
                                      align_corners=False)[0, 0].numpy()
@@ -293,9 +307,10 @@ class CNNRun(_Run):
         """Penultimate-layer features (for clustering on a trained network)."""
         x = self._fit_size(x)
         out = []
+        step = eval_batch_size(x)
         with torch.no_grad():
-            for i in range(0, len(x), 256):
-                xb = self.norm(to_device_batch(x, np.arange(i, min(i + 256, len(x))), self.device))
+            for i in range(0, len(x), step):
+                xb = self.norm(to_device_batch(x, np.arange(i, min(i + step, len(x))), self.device))
                 f = self.model.forward_features(xb)
                 out.append(self.model.forward_head(f, pre_logits=True).float().cpu().numpy())
         return np.concatenate(out)

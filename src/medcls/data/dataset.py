@@ -26,7 +26,8 @@ class ImageDataset:
     """Images, labels and splits in memory.
 
     ``images`` is uint8 ``(N, C, H, W)`` for 2-D data and ``(N, D, H, W)`` for
-    MedMNIST 3-D volumes (``is_volume``). ``labels`` is int64 ``(N,)`` for binary
+    MedMNIST 3-D volumes (``is_volume``); volume files prepared whole (for the
+    ACS / 3-D networks) are items already, ``(N, C, D, H, W)``. ``labels`` is int64 ``(N,)`` for binary
     and multi-class tasks, float32 ``(N, L)`` of 0/1 for multi-label.
     """
 
@@ -109,7 +110,7 @@ def require_two_classes(ds: ImageDataset, y: np.ndarray) -> None:
 
 
 def run_preparation(ds: ImageDataset, options: PrepOptions, used: Preparation, *, size: int, channels: int,
-                    volume_mode: str = "slices") -> Preparation:
+                    volume_mode: str = "slices", volume_spacing: float | None = None) -> Preparation:
     """The preparation a run trained on ``ds`` saves: what makes a file look like the dataset's items.
 
     Args:
@@ -133,7 +134,7 @@ def run_preparation(ds: ImageDataset, options: PrepOptions, used: Preparation, *
     # crop off: MedMNIST's ultrasound frames are already cut to the scan, and a saved image of one is
     # predicted exactly as the split it came from
     return Preparation(modality=family, size=size, channels=channels, crop=False, volume_axis=options.axis,
-                       volume_mode=volume_mode if ds.is_volume else "slices")
+                       volume_mode=volume_mode if ds.is_volume else "slices", volume_spacing=volume_spacing)
 
 
 # ---------------------------------------------------------------- MedMNIST

@@ -1,8 +1,9 @@
-"""A dataset split as the items a 2-D model sees: uint8 ``(N, C, H, W)`` in memory.
+"""A dataset split as the items a model sees: uint8 ``(N, C, H, W)`` (or ``(N, C, D, H, W)``) in memory.
 
 Images are items as they are. Volumes become slices, or 2.5-D stacks (each
 slice with its neighbours as channels), and every item remembers the sample it
-came from, so a volume's prediction can be the mean over its slices.
+came from, so a volume's prediction can be the mean over its slices; for the
+ACS and 3-D networks (``acs`` / ``3d``) each volume is one item of its own.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ __all__ = ["Items", "to_items", "volume_to_items", "merge_items", "subset_items"
 
 @dataclass
 class Items:
-    """Items a 2-D model sees: ``x`` uint8 (N, C, H, W); ``y``; the sample each came from."""
+    """Items a model sees: ``x`` uint8 (N, C, H, W), or (N, C, D, H, W) for whole volumes; ``y``; their samples."""
 
     x: np.ndarray
     y: np.ndarray
@@ -54,6 +55,10 @@ def to_items(ds: ImageDataset, split: str, *, volume_mode: str = "2.5d", volume_
     """The items of one split, ready to batch."""
     x, y = ds.split(split)
     idx = np.arange(len(x))
+    if ds.is_volume and volume_mode in ("acs", "3d"):  # MedMNIST3D: each volume one item
+        c = channels or 1
+        xs = np.repeat(x[:, None], c, axis=1) if c > 1 else x[:, None]
+        return Items(np.ascontiguousarray(xs), y, idx)
     if ds.is_volume:
         c = channels or (3 if volume_mode == "2.5d" else 1)
         items = [volume_to_items(v, volume_mode, volume_slices, c, volume_axis) for v in x]

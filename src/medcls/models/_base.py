@@ -9,7 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ClassifierModel", "AuxOutputs", "LocalResponseNorm", "model_loss", "AUX_WEIGHT"]
+__all__ = ["ClassifierModel", "AuxOutputs", "LocalResponseNorm", "model_loss", "AUX_WEIGHT", "CONVS", "NORMS"]
+
+CONVS = (nn.Conv2d, nn.Conv3d)
+NORMS = (nn.BatchNorm2d, nn.BatchNorm3d)
 
 AUX_WEIGHT = 0.3  # GoogLeNet (Szegedy et al. 2014, sec. 5): auxiliary losses weighted by 0.3
 
@@ -44,6 +47,9 @@ class ClassifierModel(nn.Module, abc.ABC):
     in_channels: int
     input_size: int
     gradcam_layer: str
+    spatial_dims: int = 2  # 3 for the volume forms (medcls.models.volume)
+    volume_mode: str | None = None  # None | acs | 3d
+    has_volume_form: bool = False  # medcls.models.volume can convert it
 
     @abc.abstractmethod
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,6 +64,13 @@ class ClassifierModel(nn.Module, abc.ABC):
 
     def get_classifier(self) -> nn.Linear:
         return self.classifier[-1]
+
+    def volume_linears(self) -> list[tuple[nn.Module, str, int]]:
+        """``(parent, attribute, p)`` of each linear layer that follows a flattened ``p x p`` map."""
+        return []
+
+    def init_weights(self) -> None:
+        """The family's initialisation (called again once a volume form has its shapes)."""
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the last linear layer (fine-tuning to a new task)."""
@@ -112,6 +125,11 @@ class LocalResponseNorm(nn.Module):
         return f"size={self.size}, alpha={self.alpha}, beta={self.beta}, k={self.k}, mode={self.mode}, groups={self.groups}"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == 5:  # a volume: across channels as for an image; within one, over an n x n x n block
+            if self.mode == "inter":
+                return self.forward(x.flatten(3)).view_as(x)
+            s = F.avg_pool3d(x * x, self.size, stride=1, padding=self.size // 2, count_include_pad=True)
+            return self._scale(x, s * float(self.size ** 3))
         if self.mode == "intra":
             sq = (x * x)
             # avg_pool with count_include_pad gives sum / n^2 over the zero-padded window.

@@ -31,7 +31,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from medcls.models._base import ClassifierModel, LocalResponseNorm
+from medcls.models._base import CONVS, ClassifierModel, LocalResponseNorm
 from medcls.models._registry import register_model
 
 __all__ = ["AlexNet", "AlexNetSplit", "alexnet", "alexnet_onetower", "alexnet_stem"]
@@ -66,6 +66,8 @@ def _lrn(mode: str | None, groups: int, channels: int) -> nn.Module:
 
 class AlexNet(ClassifierModel):
     """AlexNet on one device. ``features`` / ``avgpool`` / ``classifier`` follow torchvision's names."""
+
+    has_volume_form = True
 
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, input_size: int = 224, *,
                  widths=_PAPER, lrn: str | None = "inter", fc_width: int = 4096, dropout: float = 0.5,
@@ -105,7 +107,14 @@ class AlexNet(ClassifierModel):
         for i, m in enumerate((m for m in self.features if isinstance(m, nn.Conv2d)), start=1):
             m._paper_index = i  # the paper's conv numbering, for its unit biases
         self.classifier[1]._paper_hidden = self.classifier[4]._paper_hidden = True
-        _init_alexnet(self, init)
+        self.init = init
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        _init_alexnet(self, self.init)
+
+    def volume_linears(self) -> list[tuple[nn.Module, str, int]]:
+        return [(self.classifier, "1", self.pool_size)]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
@@ -120,7 +129,7 @@ def _init_alexnet(model: nn.Module, init: str) -> None:
     layers (to give ReLUs positive inputs early), 0 elsewhere. ``kaiming``: He init."""
     if init not in ("paper", "kaiming"):
         raise ValueError(f"init must be 'paper' or 'kaiming', got {init!r}")
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    convs = [m for m in model.modules() if isinstance(m, CONVS)]
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     for m in convs + linears:
         if init == "paper":

@@ -23,7 +23,7 @@ def export_onnx(model: nn.Module, path: str | Path, in_channels: int, size: int,
     was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
-    x = torch.zeros(1, in_channels, size, size, device=dev)
+    x = torch.zeros(1, in_channels, *[size] * getattr(model, "spatial_dims", 2), device=dev)
     try:
         with atomic_path(path) as tmp:
             torch.onnx.export(model, (x,), str(tmp), dynamo=False, opset_version=opset, input_names=["image"],

@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medcls.models._base import AuxOutputs, ClassifierModel, LocalResponseNorm
+from medcls.models._base import CONVS, NORMS, AuxOutputs, ClassifierModel, LocalResponseNorm
 from medcls.models._registry import register_model
 
 __all__ = ["GoogLeNet", "Inception", "TABLE1", "googlenet", "inception_v2"]
@@ -129,14 +129,22 @@ class GoogLeNet(ClassifierModel):
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(1024, num_classes)
         self.gradcam_layer = "inception5b"
+        self.init_weights()
+
+    has_volume_form = True
+
+    def init_weights(self) -> None:
         for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if isinstance(m, (*CONVS, nn.Linear)):
                 nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
+            elif isinstance(m, NORMS):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+
+    def volume_linears(self) -> list[tuple[nn.Module, str, int]]:
+        return [(a, "fc1", 4) for a in (self.aux1, self.aux2)] if self.aux_logits else []
 
     def get_classifier(self) -> nn.Linear:
         return self.fc
@@ -147,9 +155,13 @@ class GoogLeNet(ClassifierModel):
     def reset_classifier(self, num_classes: int) -> None:
         super().reset_classifier(num_classes)
         if self.aux_logits:
-            bn = isinstance(self.aux1.conv[1], nn.BatchNorm2d)
+            bn = isinstance(self.aux1.conv[1], NORMS)
             self.aux1 = InceptionAux(self.inception4a.out_channels, num_classes, bn)
             self.aux2 = InceptionAux(self.inception4d.out_channels, num_classes, bn)
+            if self.volume_mode:  # the new heads take the volume maps too
+                from medcls.models.volume import volume_head
+
+                self.aux1, self.aux2 = (volume_head(a, self.volume_mode, "fc1", 4) for a in (self.aux1, self.aux2))
 
     def _features(self, x: torch.Tensor):
         x = self.lrn1(self.maxpool1(self.conv1(x)))

@@ -21,7 +21,7 @@ def count_flops(model: nn.Module, in_channels: int, size: int) -> int:
     model.eval()
     try:
         dev = next(model.parameters()).device
-        x = torch.zeros(1, in_channels, size, size, device=dev)
+        x = torch.zeros(1, in_channels, *[size] * getattr(model, "spatial_dims", 2), device=dev)
         with FlopCounterMode(display=False) as fc:
             model(x)
         return int(fc.get_total_flops())
@@ -46,4 +46,4 @@ def model_stats(name: str, num_classes: int, in_channels: int, size: int) -> dic
     aux = sum(count_params(m) for n, m in model.named_children() if n.startswith("aux"))
     flops = count_flops(model, in_channels, size)
     return {"name": name, "params": total - aux, "params_train": total, "flops": flops, "macs": flops // 2,
-            "input": [in_channels, size, size], "classes": num_classes}
+            "input": [in_channels, *[size] * getattr(model, "spatial_dims", 2)], "classes": num_classes}

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from medcls.models._base import ClassifierModel
+from medcls.models._base import CONVS, NORMS, ClassifierModel
 from medcls.models._registry import register_model
 
 __all__ = ["VGG", "CFGS", "make_layers", "vgg11", "vgg13", "vgg16", "vgg19",
@@ -75,13 +75,21 @@ class VGG(ClassifierModel):
         last_conv = max(i for i, m in enumerate(self.features) if isinstance(m, nn.Conv2d))
         # Grad-CAM looks at the last conv block's activation (after BN/ReLU).
         self.gradcam_layer = f"features.{last_conv + (2 if batch_norm else 1)}"
+        self.init_weights()
+
+    has_volume_form = True
+
+    def init_weights(self) -> None:
         for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if isinstance(m, (*CONVS, nn.Linear)):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
+            elif isinstance(m, NORMS):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+
+    def volume_linears(self) -> list[tuple[nn.Module, str, int]]:
+        return [(self.classifier, "0", self.pool_size)]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)

@@ -44,7 +44,7 @@ class Share:
 class Augment:
     """Small rotations, shifts and scales, optional left-right flips, contrast jitter.
 
-    Works on a float batch ``(N, C, H, W)`` in [0, 1]; all random draws come from
+    Works on a float batch ``(N, C, H, W)`` or of volumes ``(N, C, D, H, W)`` in [0, 1]; all random draws come from
     the given generator, so a run (and its resumption) is reproducible.
     """
 
@@ -73,6 +73,26 @@ class Augment:
 
         p = self.p
         if p["rot"] or p["shift"] or p["scale"] or self.hflip:
+            x = self._affine(x, n, dev, rand, u)
+        if p["jitter"]:
+            view = (n,) + (1,) * (x.ndim - 1)
+            c = u(1 - p["jitter"], 1 + p["jitter"]).view(view).to(x.dtype)
+            b = (u(-p["jitter"], p["jitter"]) * 0.5).view(view).to(x.dtype)
+            mean = x.mean(dim=tuple(range(1, x.ndim)), keepdim=True)
+            x = ((x - mean) * c + mean + b).clamp(0, 1)
+        if p["cutout"]:
+            x = self._cutout(x, n, dev, rand)
+        return x
+
+    def _affine(self, x: torch.Tensor, n: int, dev, rand, u) -> torch.Tensor:
+        """One rotation, scale, shift (and mirror) per item, as one grid sample of the batch.
+
+        Volumes ``(N, C, D, H, W)`` turn by a small angle about each of the three
+        axes (the composed rotation), scale by one factor on every axis and
+        shift along each; the mirror is left-right (the W axis) in both cases.
+        """
+        p = self.p
+        if x.ndim == 4:  # the draws in the order runs have always made them (a resume repeats them)
             ang = u(-p["rot"], p["rot"]) * math.pi / 180
             sc = 1.0 / u(1 - p["scale"], 1 + p["scale"])
             flip = torch.ones(n, device=dev)
@@ -81,20 +101,33 @@ class Augment:
             cos, sin = torch.cos(ang) * sc, torch.sin(ang) * sc
             theta = torch.stack([torch.stack([cos * flip, -sin, u(-p["shift"], p["shift"]) * 2], 1),
                                  torch.stack([sin * flip, cos, u(-p["shift"], p["shift"]) * 2], 1)], 1)
-            grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        if p["jitter"]:
-            c = u(1 - p["jitter"], 1 + p["jitter"]).view(n, 1, 1, 1).to(x.dtype)
-            b = (u(-p["jitter"], p["jitter"]) * 0.5).view(n, 1, 1, 1).to(x.dtype)
-            mean = x.mean(dim=(1, 2, 3), keepdim=True)
-            x = ((x - mean) * c + mean + b).clamp(0, 1)
-        if p["cutout"]:
-            h, w = x.shape[-2:]
-            ch, cw = max(1, int(h * p["cutout"])), max(1, int(w * p["cutout"]))
-            cy = (rand() * h).long().to(dev)
-            cx = (rand() * w).long().to(dev)
-            yy = torch.arange(h, device=dev).view(1, h, 1)
-            xx = torch.arange(w, device=dev).view(1, 1, w)
-            m = ((yy - cy.view(n, 1, 1)).abs() <= ch // 2) & ((xx - cx.view(n, 1, 1)).abs() <= cw // 2)
-            x = x.masked_fill(m.unsqueeze(1), 0.5)
-        return x
+        else:
+            sc = 1.0 / u(1 - p["scale"], 1 + p["scale"])
+            rot = torch.eye(3, device=dev).expand(n, 3, 3)
+            for i, j in ((0, 1), (0, 2), (1, 2)):  # about the depth, height and width axes in turn
+                ang = u(-p["rot"], p["rot"]) * math.pi / 180
+                r = torch.eye(3, device=dev).repeat(n, 1, 1)
+                r[:, i, i], r[:, j, j] = torch.cos(ang), torch.cos(ang)
+                r[:, i, j], r[:, j, i] = -torch.sin(ang), torch.sin(ang)
+                rot = r @ rot
+            lin = rot * sc.view(n, 1, 1)
+            if self.hflip:  # grid coordinates are (x, y, z) = (W, H, D): mirror the first
+                flip = torch.where(rand().to(dev) < 0.5, -1.0, 1.0)
+                lin = lin * torch.stack([flip, torch.ones_like(flip), torch.ones_like(flip)], 1).view(n, 1, 3)
+            shift = torch.stack([u(-p["shift"], p["shift"]) * 2 for _ in range(3)], 1)
+            theta = torch.cat([lin, shift.view(n, 3, 1)], 2)
+        grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    def _cutout(self, x: torch.Tensor, n: int, dev, rand) -> torch.Tensor:
+        """A square (a cube for volumes) of mid-grey at a random place in each item."""
+        dims = x.shape[2:]
+        mask = torch.ones((n, *([1] * len(dims))), dtype=torch.bool, device=dev)
+        for a, size in enumerate(dims):
+            half = max(1, int(size * self.p["cutout"])) // 2
+            centre = (rand() * size).long().to(dev)
+            shape = [1] * (len(dims) + 1)
+            shape[a + 1] = size
+            pos = torch.arange(size, device=dev).view(shape)
+            mask = mask & ((pos - centre.view([n] + [1] * len(dims))).abs() <= half)
+        return x.masked_fill(mask.unsqueeze(1), 0.5)

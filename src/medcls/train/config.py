@@ -6,10 +6,12 @@ from dataclasses import asdict, dataclass, field, fields
 
 from medcls.errors import MedclsError
 from medcls.infer import TTA_MODES
-from medcls.modalities import PrepOptions
+from medcls.modalities import VOLUME_MODES, WHOLE_VOLUME_MODES, PrepOptions
 from medcls.train.semi import SEMI_METHODS
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "VOLUME_BATCH_VOXELS"]
+
+VOLUME_BATCH_VOXELS = 1 << 22  # voxels in one training batch of volumes (see TrainConfig.batch_for)
 
 
 
@@ -42,7 +44,10 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True  # mixed precision on CUDA (bf16 where supported)
     sync_bn: bool = False  # data parallel: batch-norm statistics over the global batch (CUDA only)
-    volume_mode: str | None = None  # volumes: slices | 2.5d; None: 2.5d for MedMNIST volumes, slices for files
+    # volumes: slices | 2.5d (2-D networks) | acs | 3d (whole volumes, the model's ACS / 3-D form); None: the
+    # model's own (acs / 3d for a *_acs / *_3d model), else 2.5d for MedMNIST volumes and slices for files
+    volume_mode: str | None = None
+    volume_spacing: float | None = None  # acs / 3d on volume files: resample to this isotropic spacing (mm)
     volume_slices: int = 8  # slices per volume used (centred), 0: all
     labelled_fraction: float = 1.0
     semi: str | None = None  # pseudo | fixmatch | meanteacher
@@ -72,8 +77,9 @@ class TrainConfig:
             raise MedclsError(f"--semi must be pseudo, fixmatch or meanteacher, not {self.semi!r}")
         if not 0 < self.labelled_fraction <= 1:
             raise MedclsError(f"--labelled-fraction must be in (0, 1], got {self.labelled_fraction}")
-        if self.volume_mode not in (None, "slices", "2.5d"):
-            raise MedclsError(f"--volume-mode must be slices or 2.5d, not {self.volume_mode!r}")
+        if self.volume_mode not in (None, *VOLUME_MODES):
+            raise MedclsError(f"--volume-mode must be one of {', '.join(VOLUME_MODES)}, not {self.volume_mode!r}")
+        self._settle_volume_model()
         if not self.checkpoint_every >= 0:
             raise MedclsError(f"--checkpoint-every must be 0 or more seconds, got {self.checkpoint_every}")
         if self.patience is not None and self.patience < 1:
@@ -100,6 +106,34 @@ class TrainConfig:
             raise MedclsError("--refit trains again with every label of train + val; it does not go with --semi "
                               "or --labelled-fraction below 1, which hold labels back on purpose")
         self.prep_options()  # the preparation options are checked here too
+
+    def _settle_volume_model(self) -> None:
+        """A whole-volume mode and the model's form agree: ``vgg11_bn`` with ``acs`` is ``vgg11_bn_acs``.
+
+        The form is part of the model's name (what the registry builds and the
+        run folder records), and a ``*_acs`` / ``*_3d`` name sets the mode.
+        """
+        from medcls.models import base_name, list_models, volume_name
+
+        form = next((m for m in WHOLE_VOLUME_MODES if self.model.endswith(f"_{m}")), None)
+        if form is not None:
+            if self.volume_mode not in (None, form):
+                raise MedclsError(f"{self.model} is the {form} form of {base_name(self.model)[0]} and trains on whole "
+                                  f"volumes; --volume-mode {self.volume_mode} does not go with it (use "
+                                  f"{base_name(self.model)[0]} for {self.volume_mode})")
+            self.volume_mode = form
+        elif self.volume_mode in WHOLE_VOLUME_MODES and self.model in list_models():
+            self.model = volume_name(self.model, self.volume_mode)
+        if self.volume_spacing is not None:
+            if self.volume_mode not in WHOLE_VOLUME_MODES:
+                raise MedclsError("--volume-spacing resamples whole volumes, for --volume-mode acs or 3d")
+            if not 0 < self.volume_spacing <= 100:
+                raise MedclsError(f"--volume-spacing must be from 0 to 100 mm, got {self.volume_spacing}")
+
+    @property
+    def whole_volume(self) -> bool:
+        """The model takes whole volumes (its ACS or 3-D form)."""
+        return self.volume_mode in WHOLE_VOLUME_MODES
 
     def prep_options(self) -> PrepOptions:
         """How image files are prepared for this run (MedMNIST data comes prepared)."""
@@ -139,19 +173,28 @@ class TrainConfig:
             return self.patience
         return max(8, epochs // 2)
 
-    def batch_for(self, n_train_items: int) -> int:
+    def batch_for(self, n_train_items: int, item_shape: tuple[int, ...] = ()) -> int:
         """``batch_size``, or when auto: 128, halved (down to 32) until an epoch has at least 16 steps.
 
         On small sets a batch of 128 gives a handful of steps per epoch and a
         noisy, slow start: on BreastMNIST (546 images) VGG-11-BN reached
         validation AUC 0.68 after 12 epochs at batch 128 and 0.89 after 11 at 32
         (same images seen, learning rate scaled with the batch).
+
+        Volumes (``item_shape`` of three axes) also hold a batch to
+        :data:`VOLUME_BATCH_VOXELS` (16 volumes at 64^3, 64 at 28^3), the most
+        whose activations fit a 24 GB machine with room to spare for the
+        largest 3-D network (bench/results/volume_memory.json).
         """
         if self.batch_size is not None:
             return self.batch_size
         bs = 128
         while bs > 32 and n_train_items / bs < 16:
             bs //= 2
+        if len(item_shape) == 3:
+            voxels = max(1, int(item_shape[0]) * int(item_shape[1]) * int(item_shape[2]))
+            while bs > 1 and bs * voxels > VOLUME_BATCH_VOXELS:
+                bs //= 2
         return bs
 
     def learning_rate(self, batch_size: int) -> float:

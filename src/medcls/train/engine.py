@@ -43,7 +43,8 @@ from medcls.data import Items, merge_items
 from medcls.distributed import SINGLE, World, all_sum, any_true, barrier, broadcast_tensors, shard
 from medcls.errors import MedclsError, TrainingStopped
 from medcls.evaluate.metrics import auc_score
-from medcls.infer import Normaliser, aggregate, autocast, predict_items, select_device, set_threads, to_device_batch
+from medcls.infer import Normaliser, aggregate, autocast, channels_last, predict_items, select_device, set_threads, \
+    to_device_batch
 from medcls.models import create_model, model_loss
 from medcls.run_folder import DataInfo, ModelInfo, Preprocess, Refit, RunConfig, RunFolder, Schedule
 from medcls.train.augment import Augment, Share, default_hflip
@@ -282,7 +283,7 @@ def setup(cfg: TrainConfig, data: TrainingData, train: Items, device: torch.devi
         model_args["devices"] = [str(d) for d in devices]
     model = create_model(cfg.model, num_classes=k, in_channels=channels, input_size=size, **model_args)
     placed = "devices" in model_args  # a model over several devices puts each part where it belongs
-    model = (model if placed else model.to(device)).to(memory_format=torch.channels_last)
+    model = channels_last(model if placed else model.to(device))
     if cfg.sync_bn and world.active:
         if device.type != "cuda":
             raise MedclsError("--sync-bn needs CUDA devices: torch's SyncBatchNorm has no CPU kernel (on CPUs "
@@ -301,7 +302,7 @@ def setup(cfg: TrainConfig, data: TrainingData, train: Items, device: torch.devi
         criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
 
     n = len(items.y_labelled)
-    bs = refit.batch_size if refit else cfg.batch_for(n)
+    bs = refit.batch_size if refit else cfg.batch_for(n, tuple(train.x.shape[2:]))
     lr = cfg.learning_rate(bs)
     opt = make_optimizer(cfg.optimizer, param_groups(model, cfg.weight_decay), lr)
     epochs = refit.of_epochs if refit else cfg.epochs_for(n)
@@ -621,7 +622,7 @@ def train_pass(cfg: TrainConfig, folder: RunFolder, data: TrainingData, train: I
         progress = Progress(early=EarlyStopping(trainer.schedule.patience))
     log(f"training {cfg.model} on {data.ds.name}: {len(items.y_labelled)} labelled items"
         + (f" + {len(items.x_unlabelled)} unlabelled ({cfg.semi})" if cfg.semi else "")
-        + f", {train.x.shape[1]}x{train.x.shape[-1]}x{train.x.shape[-1]}, {trainer.num_classes} classes, "
+        + f", {'x'.join(map(str, train.x.shape[1:]))}, {trainer.num_classes} classes, "
           f"device {device}"
         + (f", {world.size} processes ({world.backend}), batch {trainer.schedule.batch_size} in all" if world.active
            else "")
