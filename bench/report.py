@@ -48,9 +48,14 @@ def accuracy_block() -> str:
                       "rows measured by " + "; ".join(f"[{i}] `{c}`" for i, c in enumerate(commands, 1)) + where + ")",
                       ""]
         lines += ["| method | AUC | ACC | time |", "|---|---|---|---|"]
+        volumes = data.endswith("3d")
         for name, s in d["ours"].items():
             tag = f" [{commands.index(s.get('command', default)) + 1}]" if len(commands) > 1 else ""
             sd = len(s["runs"]) > 1
+            if volumes and not name.endswith(("ACS", "3-D")) and not name.startswith(("Classical", "Ensemble")):
+                name += " 2.5-D"  # a 2-D network on a volume set sees stacks of three slices
+            if sd:
+                name += f", {len(s['runs'])} seeds"
             auc = f"{s['auc_mean']:.3f}" + (f" ± {s['auc_sd']:.3f}" if sd else "")
             acc = f"{s['acc_mean']:.3f}" + (f" ± {s['acc_sd']:.3f}" if sd else "")
             flag = " ⚠ collapsed to the majority class" if s["collapsed"] else ""
@@ -182,8 +187,25 @@ def serve_block() -> str:
     return "\n".join(lines)
 
 
+def volume_block() -> str:
+    r = _load("volume_speed")
+    if r is None:
+        return "_No volume speed run recorded yet: run `python bench/volume_speed.py`._"
+    lines = [f"`{r['command']}` on {_machine(r['machine'])} (fp32 peak {r['peak_gflops']:.0f} GFLOP/s): training "
+             "volumes/s of `medcls train`'s step (3-D augmentation included) beside a plain PyTorch step on the same "
+             "model and batch, inference volumes/s at the prediction batch, and the peak memory of a training "
+             "process at the default batch.", "",
+             "| model | size | batch | train vol/s | plain vol/s | ratio | % of peak | infer vol/s | peak RSS |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for x in r["rows"]:
+        infer = max(x["infer"].values())
+        lines.append(f"| {x['model']} | {x['size']}³ | {x['batch']} | {x['train_ours']:.2f} | {x['train_plain']:.2f} "
+                     f"| {x['ratio']:.2f}× | {x['train_peak_pct']:.0f} % | {infer:.1f} | {x['peak_rss_gb']:.1f} GB |")
+    return "\n".join(lines)
+
+
 BLOCKS = {"accuracy": accuracy_block, "speed": speed_block, "semi": semi_block, "fuzz": fuzz_block,
-          "explain": explain_block, "serve": serve_block}
+          "explain": explain_block, "serve": serve_block, "volume": volume_block}
 
 
 def render(text: str) -> str:

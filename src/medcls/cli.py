@@ -837,7 +837,8 @@ def export(run: Path = typer.Argument(..., help="Run folder (a CNN run)."),
     path = export_onnx(r.model, r.folder.root / "model.onnx", in_channels=m.in_channels, size=m.input_size)
     import onnxruntime as ort
 
-    x = np.random.default_rng(0).integers(0, 256, (4, m.in_channels, m.input_size, m.input_size), dtype=np.uint8)
+    side = [m.input_size] * (3 if r.whole_volume else 2)  # a volume run's items are cubes
+    x = np.random.default_rng(0).integers(0, 256, (4 if len(side) == 2 else 2, m.in_channels, *side), dtype=np.uint8)
     import torch
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

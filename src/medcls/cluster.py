@@ -52,20 +52,24 @@ def linear_probe(f_train: np.ndarray, y_train: np.ndarray, f_test: np.ndarray, y
             "n_test": int(len(y_test)), "acc": float((p.argmax(1) == y_test).mean()), "auc": auc_score(y_test, p, task)}
 
 
-def _clustered_items(ds, split: str, max_samples: int | None, seed: int, k: int | None):
+def _clustered_items(ds, split: str, max_samples: int | None, seed: int, k: int | None, whole: str | None = None):
     """The split's items and labels to cluster, and ``k`` (default: the number of classes), checked."""
     if not (ds.splits == split).any():
         have = ", ".join(sorted(set(ds.splits.tolist())))
         raise DataError(f"{ds.source}: no {split!r} split to cluster (it has {have})")
-    x, y = _items(ds, split, max_samples, seed)
+    x, y = _items(ds, split, max_samples, seed, whole)
     k = len(ds.class_names) if k is None else k
     if not 2 <= k <= len(y):
         raise MedclsError(f"--k must be from 2 to the number of samples clustered ({len(y)}), got {k}")
     return x, y, k
 
 
-def _items(ds, split: str, max_samples: int | None, seed: int):
-    a = to_items(ds, split, volume_mode="2.5d", volume_slices=1, channels=None if not ds.is_volume else 3)
+def _items(ds, split: str, max_samples: int | None, seed: int, whole: str | None = None):
+    """One item per sample: the central 2.5-D stack of a volume, or (``whole``: acs / 3d) the volume itself."""
+    if whole:
+        a = to_items(ds, split, volume_mode=whole, channels=1)
+    else:
+        a = to_items(ds, split, volume_mode="2.5d", volume_slices=1, channels=None if not ds.is_volume else 3)
     if max_samples and len(a.y) > max_samples:
         idx = np.sort(np.random.default_rng(seed).choice(len(a.y), max_samples, replace=False))
         return a.x[idx], a.y[idx]
@@ -88,12 +92,14 @@ def cluster_dataset(data: str, features: str, out: str | Path, *, k: int | None 
     if max_samples is not None and max_samples < 0:
         raise MedclsError(f"--max-samples must be 0 (the whole split) or more, got {max_samples}")
     out = Path(out)
+    whole = None  # a volume run's items: whole volumes
     if features.startswith("cnn:"):
         run = load_run(features[4:])
         if not isinstance(run, CNNRun):
             raise MedclsError(f"{features[4:]}: --features cnn:RUN needs a CNN run")
         ds = run.load_dataset(data, data_dir)
-        x, y, k = _clustered_items(ds, split, max_samples, seed, k)
+        whole = run.config.data.volume_mode if run.whole_volume and ds.is_volume else None
+        x, y, k = _clustered_items(ds, split, max_samples, seed, k, whole)
         channels = run.config.model.in_channels
 
         def featurize(a):
@@ -127,7 +133,7 @@ def cluster_dataset(data: str, features: str, out: str | Path, *, k: int | None 
         res.update(nmi=float(normalized_mutual_info_score(y, assign)), ari=float(adjusted_rand_score(y, assign)),
                    purity=purity(y, assign))
         if probe and split != "test" and (ds.splits == "test").any() and len(np.unique(y)) > 1:
-            xt, yt = _items(ds, "test", max_samples, seed)
+            xt, yt = _items(ds, "test", max_samples, seed, whole)
             res["probe"] = linear_probe(feats, y, featurize(xt), yt, ds.task, seed)
     if embedding == "pca":
         xy = PCA(2, random_state=seed).fit_transform(z)

@@ -13,7 +13,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from medcls.errors import MedclsError
+from medcls.errors import MedclsError, ReadError
 
 __all__ = [
     "HU_WINDOWS", "MODALITIES", "for_display", "ModalityInfo", "FAMILIES", "VOLUME_AXES", "Preparation", "window",
@@ -357,7 +357,7 @@ class Preparation:
             what = ("the file's window, else " if self.use_file_window else "") + "the 0.5-99.5 percentile window"
             what += ", CLAHE" if family == "xray" and self.clahe else ""
         what += f"; {self.size}x{self.size}, {self.channels} channel{'s' if self.channels > 1 else ''}"
-        if volume:
+        if volume or self.whole_volume:
             axis = {v: k for k, v in VOLUME_AXES.items()}[self.volume_axis]
             if self.whole_volume:
                 what = what.replace(f"; {self.size}x{self.size},", f"; {self.size}^3,")
@@ -527,9 +527,8 @@ def prepare(array: np.ndarray, meta, prep: Preparation) -> np.ndarray:
     """
     volume = getattr(meta, "is_volume", False)
     if prep.whole_volume and not (volume and array.ndim in (3, 4)):
-        raise MedclsError(f"{getattr(meta, 'path', 'image')}: a 2-D image, but this preparation is for volumes "
-                          f"({prep.volume_mode} networks take a volume: a NIfTI file or a DICOM "
-                          "series folder)")
+        raise ReadError(getattr(meta, "path", "image"), f"a 2-D image, but this preparation is for volumes "
+                        f"({prep.volume_mode} networks take a volume: a NIfTI file or a DICOM series folder)")
     if volume and array.ndim == 4:
         return np.concatenate([prepare(v, meta, prep) for v in array])
     family = prep.family_of(getattr(meta, "modality", "OT"))

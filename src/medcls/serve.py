@@ -431,6 +431,8 @@ def create_app(runs, *, token: str | None = None, max_upload_mb: float = 64, bat
                 out["per_item"] = [[round(float(v), 6) for v in row] for row in probs_items]
             if preview:
                 mid = items[int(np.argmax(probs_items[:, int(probs.argmax())]))].astype(np.float32) / 255.0
+                if mid.ndim == 4:  # a whole volume (C, D, H, W): its central axial slice
+                    mid = mid[:, mid.shape[1] // 2]
                 out["preview_png"] = _png_b64(np.moveaxis(mid, 0, -1) if mid.shape[0] == 3 else mid[mid.shape[0] // 2])
             if explain:
                 out["explain"] = await asyncio.to_thread(_heat_map, served.run, target, explain, work / "maps")

@@ -184,7 +184,7 @@ class TrainConfig:
         Volumes (``item_shape`` of three axes) also hold a batch to
         :data:`VOLUME_BATCH_VOXELS` (16 volumes at 64^3, 64 at 28^3), the most
         whose activations fit a 24 GB machine with room to spare for the
-        largest 3-D network (bench/results/volume_memory.json).
+        largest 3-D network (bench/results/volume_speed.json).
         """
         if self.batch_size is not None:
             return self.batch_size
