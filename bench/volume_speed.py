@@ -2,6 +2,7 @@
 
     python bench/volume_speed.py            # 28^3 and 64^3, every family in both forms
     python bench/volume_speed.py --quick    # 28^3, VGG-11-BN only
+    python bench/volume_speed.py --families vgg11_bn alexnet --sizes 28 64
 
 - training volumes/s: medcls's ``train_step`` (uint8 volumes in memory, the 3-D
   augmentation on the device, channels-last-3d weights and batches) vs a plain
@@ -124,6 +125,8 @@ def memory(name: str, size: int, batch: int) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+    ap.add_argument("--sizes", nargs="+", type=int, default=[28, 64])
     ap.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.memory_child:
@@ -135,8 +138,8 @@ def main(argv=None) -> int:
 
     set_threads()
     peak = measured_peak(torch.device("cpu"))["peak_gflops"]
-    sizes = (28,) if a.quick else (28, 64)
-    families = ("vgg11_bn",) if a.quick else FAMILIES
+    sizes = (28,) if a.quick else tuple(a.sizes)
+    families = ("vgg11_bn",) if a.quick else tuple(a.families)
     rows = []
     for size in sizes:
         batch = _batch(size)
@@ -159,7 +162,8 @@ def main(argv=None) -> int:
                       + f"  peak RSS {r['peak_rss_gb']:.1f} GB", flush=True)
     out = write_results("volume_speed_quick" if a.quick else "volume_speed",
                         {"machine": machine(), "peak_gflops": peak, "quick": a.quick,
-                         "command": "python bench/volume_speed.py" + (" --quick" if a.quick else ""), "rows": rows})
+                         "command": "python bench/volume_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                         "rows": rows})
     print(f"wrote {out}")
     return 0
 

@@ -110,8 +110,9 @@ def to_device_batch(x: np.ndarray, idx: np.ndarray, device: torch.device) -> tor
     return t.float().div_(255.0).contiguous(memory_format=_channels_last_format(t.ndim))
 
 
-# a prediction batch of volumes holds at most this many voxels (47 volumes of 28^3, 4 of 64^3): larger
-# batches of volumes predict no faster on a CPU (bench/results/volume_speed.json)
+# a prediction batch of volumes holds at most this many voxels (47 volumes of 28^3, 4 of 64^3): on 2 CPU
+# cores VGG-11-BN-ACS predicted 13-15 volumes/s at 28^3 from batch 8 to 128, so larger batches of
+# volumes buy no speed, only memory (bench/volume_speed.py)
 EVAL_BATCH_VOXELS = 1 << 20
 
 

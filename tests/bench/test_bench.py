@@ -59,6 +59,14 @@ def _check_speed_gpu(res: dict):
         assert x["amp_speedup"] == pytest.approx(x["amp_images_per_s"] / x["fp32_images_per_s"])
 
 
+def _check_volume_speed(res: dict):
+    assert res["peak_gflops"] > 0 and res["command"].startswith("python bench/volume_speed.py")
+    for x in res["rows"]:
+        assert x["model"].endswith(("_acs", "_3d")) and x["batch"] >= 1
+        assert x["ratio"] == pytest.approx(x["train_ours"] / x["train_plain"])
+        assert x["peak_rss_gb"] > 0 and all(v > 0 for v in x["infer"].values())
+
+
 def _check_semi(res: dict):
     assert {"machine", "command", "data", "model", "epochs", "seeds", "fractions"} <= set(res)
     for rows in res["fractions"].values():
@@ -98,7 +106,7 @@ def test_quick_speed_bench_writes_its_json(tmp_path, medmnist_dir):
 
 def test_committed_results_have_the_schema():
     for name, check in (("accuracy", _check_accuracy), ("speed", _check_speed), ("semi", _check_semi),
-                        ("speed_gpu", _check_speed_gpu)):
+                        ("speed_gpu", _check_speed_gpu), ("volume_speed", _check_volume_speed)):
         p = REPO / "bench" / "results" / f"{name}.json"
         if p.is_file():
             check(json.loads(p.read_text()))

@@ -182,9 +182,11 @@ class TrainConfig:
         (same images seen, learning rate scaled with the batch).
 
         Volumes (``item_shape`` of three axes) also hold a batch to
-        :data:`VOLUME_BATCH_VOXELS` (16 volumes at 64^3, 64 at 28^3), the most
-        whose activations fit a 24 GB machine with room to spare for the
-        largest 3-D network (bench/results/volume_speed.json).
+        :data:`VOLUME_BATCH_VOXELS` (16 volumes at 64^3; at 28^3 the rule above
+        gives 64 first): a training process of VGG-11-BN-3D at 64^3 and batch 16
+        peaks at 7.0 GB resident, AlexNet-3D at 3.3 GB (``python
+        bench/volume_speed.py --memory-child vgg11_bn_3d 64 16``), well inside a
+        24 GB machine.
         """
         if self.batch_size is not None:
             return self.batch_size
