@@ -121,8 +121,9 @@ def cluster_dataset(data: str, features: str, out: str | Path, *, k: int | None 
     feats = featurize(x)
     labelled = ds.task != "multilabel"
     z = StandardScaler().fit_transform(feats.astype(np.float64))
-    if z.shape[1] > 50:
-        z = PCA(50, random_state=seed).fit_transform(z)
+    dims = min(50, *z.shape)  # PCA gives at most as many components as samples
+    if z.shape[1] > dims:
+        z = PCA(dims, random_state=seed).fit_transform(z)
     if method == "kmeans":
         assign = KMeans(k, n_init=10, random_state=seed).fit_predict(z)
     else:

@@ -60,8 +60,10 @@ def test_two_processes_take_the_steps_of_one(medmnist_dir, tmp_path):
     rc2, log2 = _medcls(*common, "--out", tmp_path / "two", "--nproc", "2")
     assert rc2 == 0, log2
     one, two = tmp_path / "one", tmp_path / "two"
-    assert _max_diff(_weights(one / "last.safetensors"), _weights(two / "last.safetensors")) < 1e-5
-    assert _max_diff(_weights(one / "best.safetensors"), _weights(two / "best.safetensors")) < 1e-5
+    # the two blocks' gradients are summed by all-reduce, not in one batch's order, and AdamW carries the
+    # float32 rounding through the 6 steps: up to 4.8e-5 on a 2-core AMD EPYC (below 1e-5 where CI ran before)
+    assert _max_diff(_weights(one / "last.safetensors"), _weights(two / "last.safetensors")) < 2e-4
+    assert _max_diff(_weights(one / "best.safetensors"), _weights(two / "best.safetensors")) < 2e-4
     m1, m2 = json.loads((one / "metrics.json").read_text()), json.loads((two / "metrics.json").read_text())
     for split in ("val", "test"):
         assert m2[split]["n"] == m1[split]["n"]  # every item counted once: no shard padding
