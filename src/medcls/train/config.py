@@ -115,12 +115,12 @@ class TrainConfig:
         """
         from medcls.models import base_name, list_models, volume_name
 
-        form = next((m for m in WHOLE_VOLUME_MODES if self.model.endswith(f"_{m}")), None)
+        base, form = base_name(self.model)
         if form is not None:
             if self.volume_mode not in (None, form):
-                raise MedclsError(f"{self.model} is the {form} form of {base_name(self.model)[0]} and trains on whole "
-                                  f"volumes; --volume-mode {self.volume_mode} does not go with it (use "
-                                  f"{base_name(self.model)[0]} for {self.volume_mode})")
+                raise MedclsError(f"{self.model} is the {form} form of {base} and trains on whole volumes; "
+                                  f"--volume-mode {self.volume_mode} does not go with it (use {base} for "
+                                  f"{self.volume_mode})")
             self.volume_mode = form
         elif self.volume_mode in WHOLE_VOLUME_MODES and self.model in list_models():
             self.model = volume_name(self.model, self.volume_mode)
@@ -129,11 +129,6 @@ class TrainConfig:
                 raise MedclsError("--volume-spacing resamples whole volumes, for --volume-mode acs or 3d")
             if not 0 < self.volume_spacing <= 100:
                 raise MedclsError(f"--volume-spacing must be from 0 to 100 mm, got {self.volume_spacing}")
-
-    @property
-    def whole_volume(self) -> bool:
-        """The model takes whole volumes (its ACS or 3-D form)."""
-        return self.volume_mode in WHOLE_VOLUME_MODES
 
     def prep_options(self) -> PrepOptions:
         """How image files are prepared for this run (MedMNIST data comes prepared)."""
