@@ -6,6 +6,7 @@
     python bench/accuracy.py --datasets breastmnist --merge   # add/replace one dataset in results/accuracy.json
     python bench/accuracy.py --datasets breastmnist --methods alexnet --seeds 0 1 2 --merge   # replace one row
     python bench/accuracy.py --datasets adrenalmnist3d --methods vgg11_bn_acs --seeds 0 1 2 --merge  # a volume form
+    python bench/accuracy.py --datasets adrenalmnist3d --methods vgg11_bn_acs --seeds 2 --merge --extend  # one more seed
 
 Every row of ours is trained and evaluated by this script in this run (with
 `medcls train` defaults unless --quick); published rows come from
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 import time
@@ -56,7 +58,7 @@ def run_cnn(model: str, data: str, seed: int, quick: bool, work: Path, data_dir)
     secs = time.perf_counter() - t0
     m = json.loads((out / "metrics.json").read_text())["test"]
     meta = json.loads((out / "config.json").read_text())
-    row = {"run": str(out), "acc": m["acc"], "auc": m["auc"], "auc_ci95": m["auc_ci95"], "seconds": round(secs, 1),
+    row = {"run": str(out), "seed": seed, "acc": m["acc"], "auc": m["auc"], "auc_ci95": m["auc_ci95"], "seconds": round(secs, 1),
            "epochs": meta["schedule"]["epochs"]}
     if meta.get("refit"):  # the first pass alone is what --no-refit gives: report it beside
         first = json.loads((out / meta["refit"]["selection"] / "metrics.json").read_text())["test"]
@@ -127,6 +129,9 @@ def main(argv=None) -> int:
     ap.add_argument("--merge", action="store_true",
                     help="keep what the results file already has for the datasets and methods not run now "
                          "(each row records the command that measured it)")
+    ap.add_argument("--extend", action="store_true",
+                    help="with --merge: add these seeds to a method's kept row (its runs of other seeds stay) "
+                         "instead of replacing the row")
     a = ap.parse_args(argv)
     import tempfile
 
@@ -162,15 +167,22 @@ def _bench(a, argv, work: Path) -> int:
             if method == "classical":
                 ours["Classical (best of 5, HOG+stats)"] = summarise([run_classical(data, a.quick, work, a.data_dir)])
             elif method in CNN or method in VOLUME_CNN:
+                label = {**CNN, **VOLUME_CNN}[method]
                 rows = [run_cnn(method, data, s, a.quick, work, a.data_dir) for s in a.seeds]
-                ours[{**CNN, **VOLUME_CNN}[method]] = summarise(rows)
+                before = (kept.get(data) or {}).get("ours", {}).get(label) if a.extend else None
+                if before:  # the kept seeds' runs, measured by the kept row's command, plus this run's seeds
+                    rows = [r for r in before["runs"] if _seed(r) not in a.seeds] + rows
+                    rows.sort(key=_seed)
+                ours[label] = summarise(rows)
+                if before:
+                    ours[label]["command"] = f"{before.get('command', kept[data].get('command'))} && {command}"
         if "ensemble" in a.methods:
             members = [ours[CNN[m]]["runs"][0]["run"] for m in CNN if m in a.methods and CNN[m] in ours]
             if len(members) >= 2:
                 ours["Ensemble of the CNNs"] = summarise([run_ensemble(members, data, work)])
         for s in ours.values():
             s["collapsed"] = bool(any(abs(r["acc"] - maj) < 1e-9 for r in s["runs"]))
-            s["command"] = command
+            s.setdefault("command", command)
         ours = _merge_rows(kept.get(data), ours)
         results["datasets"][data] = {"majority_rate": maj, "ours": ours, "published": reference_rows(pub, data),
                                      "command": command, "machine": results["machine"]}
@@ -181,6 +193,14 @@ def _bench(a, argv, work: Path) -> int:
     out = write_results(name, results)
     print(f"\nwrote {out}")
     return 0
+
+
+def _seed(row: dict) -> int:
+    """A run's seed: recorded since --extend; older rows name it in their run folder (``...-s{seed}``)."""
+    if "seed" in row:
+        return int(row["seed"])
+    m = re.search(r"-s(\d+)$", row["run"])
+    return int(m.group(1)) if m else 0
 
 
 def _merge_rows(previous: dict | None, ours: dict) -> dict:
