@@ -29,6 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine, published, write_results  # noqa: E402
 
+CLASSICAL = "Classical (best of 5)"  # `medcls classical` defaults; each run records the features it used
 CNN = {"alexnet": "AlexNet", "vgg11_bn": "VGG-11 (BN)", "googlenet": "GoogLeNet"}
 # whole-volume forms (3-D sets only): the 2-D rows of a volume set train on 2.5-D stacks of its slices
 VOLUME_CNN = {f"{m}_{mode}": f"{label} {'ACS' if mode == 'acs' else '3-D'}" for m, label in CNN.items()
@@ -73,12 +74,13 @@ def run_classical(data: str, quick: bool, work: Path, data_dir) -> dict:
     out = work / f"{data}-classical"
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    best = _run(data, features="hog+stats", classifier="all", out=out, data_dir=data_dir, quick=quick, log=lambda *_: None)
+    best = _run(data, classifier="all", out=out, data_dir=data_dir, quick=quick, log=lambda *_: None)
     evaluate_after_training(out)
     secs = time.perf_counter() - t0
     m = json.loads((out / "metrics.json").read_text())["test"]
+    features = json.loads((out / "config.json").read_text())["features"]
     return {"run": str(out), "acc": m["acc"], "auc": m["auc"], "auc_ci95": m["auc_ci95"], "seconds": round(secs, 1),
-            "classifier": best}
+            "classifier": best, "features": features}
 
 
 def run_ensemble(runs: list[str], data: str, work: Path) -> dict:
@@ -165,7 +167,7 @@ def _bench(a, argv, work: Path) -> int:
         ours: dict[str, dict] = {}
         for method in a.methods:
             if method == "classical":
-                ours["Classical (best of 5, HOG+stats)"] = summarise([run_classical(data, a.quick, work, a.data_dir)])
+                ours[CLASSICAL] = summarise([run_classical(data, a.quick, work, a.data_dir)])
             elif method in CNN or method in VOLUME_CNN:
                 label = {**CNN, **VOLUME_CNN}[method]
                 rows = [run_cnn(method, data, s, a.quick, work, a.data_dir) for s in a.seeds]
@@ -209,10 +211,12 @@ def _merge_rows(previous: dict | None, ours: dict) -> dict:
         return ours
     rows = {}
     for name, s in previous.get("ours", {}).items():
+        if name.startswith(CLASSICAL[:-1]) and CLASSICAL in ours:
+            continue  # rows of older runs named the classical row by its features
         if name not in ours:
             rows[name] = {**s, "command": s.get("command", previous.get("command"))}
     rows.update(ours)
-    order = ["Classical (best of 5, HOG+stats)", *CNN.values(), *VOLUME_CNN.values(), "Ensemble of the CNNs"]
+    order = [CLASSICAL, *CNN.values(), *VOLUME_CNN.values(), "Ensemble of the CNNs"]
     return dict(sorted(rows.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
 
 

@@ -54,11 +54,17 @@ def accuracy_block() -> str:
             sd = len(s["runs"]) > 1
             if volumes and not name.endswith(("ACS", "3-D")) and not name.startswith(("Classical", "Ensemble")):
                 name += " 2.5-D"  # a 2-D network on a volume set sees stacks of three slices
+            feats = s["runs"][0].get("features") if name.startswith("Classical") else None
+            if feats:
+                name = f"{name[:-1]}, {feats})" if name.endswith(")") else f"{name} ({feats})"
             if sd:
                 name += f", {len(s['runs'])} seeds"
             auc = f"{s['auc_mean']:.3f}" + (f" ± {s['auc_sd']:.3f}" if sd else "")
             acc = f"{s['acc_mean']:.3f}" + (f" ± {s['acc_sd']:.3f}" if sd else "")
-            flag = " ⚠ collapsed to the majority class" if s["collapsed"] else ""
+            # a model under the majority rate does worse than answering the commonest class: a failure, not a result
+            below = s["acc_mean"] < d["majority_rate"] - 1e-9
+            flag = (" ⚠ collapsed to the majority class" if s["collapsed"]
+                    else " ⚠ ACC below the majority class's" if below else "")
             lines.append(f"| **medcls: {name}**{tag}{flag} | {auc} | {acc} | {s['seconds_mean']:.0f} s |")
             if "first_pass_auc_mean" in s:  # refit by default on small sets: the same runs' first pass alone
                 lines.append(f"| medcls: {name}, first pass only (`--no-refit`) | {s['first_pass_auc_mean']:.3f} | "

@@ -874,7 +874,10 @@ def serve(runs: list[Path] = typer.Argument(..., help="Run folders to serve (eac
 
 @app.command()
 def classical(data: str = typer.Option(..., "--data", help="Dataset (as for train)."),
-              features: str = typer.Option("hog", "--features", help="hog | sift | stats, combined with +"),
+              features: str = typer.Option(
+                  "auto", "--features",
+                  help="auto (the default for images or volumes) or hog | sift | stats | texture | pixels (2-D) and "
+                       "shape | pixels (whole volumes), combined with +"),
               classifier: str = typer.Option("all", "--classifier", help="bayes | svm | tree | knn | forest | all"),
               out: Path = typer.Option(..., "--out", help="Run folder."),
               size: Optional[int] = typer.Option(None, "--size"),
@@ -906,7 +909,7 @@ def classical(data: str = typer.Option(..., "--data", help="Dataset (as for trai
         from rich.console import Console
         from rich.table import Table
 
-        t = Table(title=f"{features} features, test split")
+        t = Table(title=f"{RunFolder(out).read_config().features} features, test split")
         for c in ("classifier", "CV AUC", "val AUC", "test AUC", "test ACC", "fit s"):
             t.add_column(c, justify="left" if c == "classifier" else "right")
         for r in table:
@@ -914,7 +917,7 @@ def classical(data: str = typer.Option(..., "--data", help="Dataset (as for trai
                       f"{r.get('val_auc', float('nan')):.4f}", f"{r.get('test_auc', float('nan')):.4f}",
                       f"{r.get('test_acc', float('nan')):.4f}", f"{r['fit_seconds']:.0f}")
         Console(width=120).print(t)
-        typer.echo(f"* chosen on the validation split: {best}")
+        typer.echo(f"* chosen on held-out AUC (the mean of cross-validated and validation AUC): {best}")
     _print_metrics(out)
 
 

@@ -337,7 +337,9 @@ class ClassicalRun(_Run):
         return self.pipeline.predict_proba(x)
 
     def sample_probs(self, ds, split: str):
-        a = to_items(ds, split, volume_mode="slices", volume_slices=self.config.data.volume_slices or 4, channels=1)
+        d = self.config.data  # whole volumes for whole-volume features (shape), else slices
+        a = to_items(ds, split, volume_mode=d.volume_mode or "slices", volume_slices=d.volume_slices or 4, channels=1,
+                     volume_axis=d.volume_axis)
         return aggregate(self.predict_items(a.x), a.sample, a.y)
 
 

@@ -94,7 +94,9 @@ def test_quick_accuracy_bench_writes_its_json(tmp_path, medmnist_dir):
     _check_accuracy(acc)
     assert set(acc["datasets"]) == {"breastmnist", "adrenalmnist3d"}
     for d in acc["datasets"].values():
-        assert set(d["ours"]) == {"Classical (best of 5, HOG+stats)", "AlexNet", "VGG-11 (BN)", "Ensemble of the CNNs"}
+        assert set(d["ours"]) == {"Classical (best of 5)", "AlexNet", "VGG-11 (BN)", "Ensemble of the CNNs"}
+        assert d["ours"]["Classical (best of 5)"]["runs"][0]["features"] in ("hog+stats+texture+pixels",
+                                                                            "shape+pixels")
     assert "published: ResNet-18 (28)" in out
 
 
@@ -163,20 +165,29 @@ def test_merge_keeps_rows_not_rerun_and_readme_names_each_rows_command(monkeypat
         return {"acc_mean": v, "acc_sd": 0.0, "auc_mean": v, "auc_sd": 0.0, "seconds_mean": 1.0,
                 "runs": [{"acc": v, "auc": v, "seconds": 1.0}], "collapsed": False}
 
-    previous = {"command": "old", "ours": {"Classical (best of 5, HOG+stats)": row(0.5), "AlexNet": row(0.6),
-                                           "Ensemble of the CNNs": row(0.7)}}
+    previous = {"command": "old", "ours": {"Ensemble of the CNNs": row(0.75), "AlexNet": row(0.6),
+                                           "Classical (best of 5)": row(0.5)}}
     merged = accuracy._merge_rows(previous, {"AlexNet": {**row(0.9), "command": "new"}})
-    assert list(merged) == ["Classical (best of 5, HOG+stats)", "AlexNet", "Ensemble of the CNNs"]
+    assert list(merged) == ["Classical (best of 5)", "AlexNet", "Ensemble of the CNNs"]
     assert merged["AlexNet"]["acc_mean"] == 0.9 and merged["AlexNet"]["command"] == "new"
-    assert merged["Classical (best of 5, HOG+stats)"]["command"] == "old"
+    assert merged["Classical (best of 5)"]["command"] == "old"
     assert accuracy._merge_rows(None, {"AlexNet": row(0.9)}) == {"AlexNet": row(0.9)}
+    # --extend keeps a row's other seeds: a run's seed is recorded, or named by its folder in older rows
+    assert accuracy._seed({"run": "/w/adrenalmnist3d-vgg11_bn_acs-s1", "acc": 0.8}) == 1
+    assert accuracy._seed({"run": "/w/x-s1", "seed": 2}) == 2
+    # an older file named the classical row by its features: a new classical row replaces it
+    legacy = {"command": "old", "ours": {"Classical (best of 5, HOG+stats)": row(0.5), "AlexNet": row(0.6)}}
+    assert list(accuracy._merge_rows(legacy, {"Classical (best of 5)": row(0.8)})) == ["Classical (best of 5)",
+                                                                                     "AlexNet"]
 
     res = {"machine": {"cpu": "x", "cores": 2, "gpu": None, "python": "3", "torch": "2"}, "command": "new",
            "datasets": {"breastmnist": {"majority_rate": 0.731, "ours": merged, "published": [], "command": "new"}}}
     monkeypatch.setattr(report, "_load", lambda name: res)
     block = report.accuracy_block()
     assert "[1] `old`; [2] `new`" in block
-    assert "| **medcls: AlexNet** [2] | 0.900 |" in block and "| **medcls: Ensemble of the CNNs** [1] | 0.700 |" in block
+    assert "| **medcls: AlexNet** [2] | 0.900 |" in block and "| **medcls: Ensemble of the CNNs** [1] | 0.750 |" in block
+    # under the majority rate (0.731) is a failure, and the table says so
+    assert "| **medcls: Classical (best of 5)** [1] ⚠ ACC below the majority class's | 0.500 |" in block
 
 
 def test_gpu_speed_bench_says_plainly_when_there_is_no_cuda(tmp_path):
