@@ -185,7 +185,8 @@ def _bench(a, argv, work: Path) -> int:
         for s in ours.values():
             s["collapsed"] = bool(any(abs(r["acc"] - maj) < 1e-9 for r in s["runs"]))
             s.setdefault("command", command)
-        ours = _merge_rows(kept.get(data), ours)
+            s["machine"] = results["machine"]
+        ours = _merge_rows(kept.get(data), ours, old.get("machine") if kept else None)
         results["datasets"][data] = {"majority_rate": maj, "ours": ours, "published": reference_rows(pub, data),
                                      "command": command, "machine": results["machine"]}
         _print_table(data, results["datasets"][data])
@@ -205,8 +206,8 @@ def _seed(row: dict) -> int:
     return int(m.group(1)) if m else 0
 
 
-def _merge_rows(previous: dict | None, ours: dict) -> dict:
-    """This run's rows, plus the previous file's rows for methods not re-run (each keeps its command)."""
+def _merge_rows(previous: dict | None, ours: dict, machine: dict | None = None) -> dict:
+    """This run's rows, plus the previous file's rows for methods not re-run (each keeps its command and machine)."""
     if not previous:
         return ours
     rows = {}
@@ -215,6 +216,9 @@ def _merge_rows(previous: dict | None, ours: dict) -> dict:
             continue  # rows of older runs named the classical row by its features
         if name not in ours:
             rows[name] = {**s, "command": s.get("command", previous.get("command"))}
+            where = s.get("machine", previous.get("machine", machine))
+            if where:
+                rows[name]["machine"] = where
     rows.update(ours)
     order = [CLASSICAL, *CNN.values(), *VOLUME_CNN.values(), "Ensemble of the CNNs"]
     return dict(sorted(rows.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))

@@ -37,20 +37,29 @@ def accuracy_block() -> str:
              "`../shared/reference/published_results.json` with their sources.", ""]
     for data, d in r["datasets"].items():
         default = d.get("command", r["command"])
-        elsewhere = d.get("machine") and _machine(d["machine"]) != _machine(r["machine"])
-        where = f"; measured on {_machine(d['machine'])}" if elsewhere else ""
-        commands = list(dict.fromkeys(s.get("command", default) for s in d["ours"].values()))
-        if len(commands) == 1:
+        top = _machine(r["machine"])
+
+        def source(s, default=default, d=d):  # a row's command, and its machine (rows merged from other runs)
+            return s.get("command", default), _machine(s.get("machine") or d.get("machine") or r["machine"])
+
+        sources = list(dict.fromkeys(source(s) for s in d["ours"].values()))
+        machines = {m for _, m in sources}
+        where = f"; measured on {machines.pop()}" if len(machines) == 1 and top not in machines else ""
+
+        def named(c, m):
+            return f"`{c}`" + (f" on {m}" if len(machines) > 1 and m != top else "")
+
+        if len(sources) == 1:
             lines += [f"**{data}** (a model predicting the majority class scores ACC {d['majority_rate']:.3f}; "
-                      f"`{commands[0]}`{where})", ""]
+                      f"{named(*sources[0])}{where})", ""]
         else:  # rows measured by different runs of the bench (--merge): each row names its command
             lines += [f"**{data}** (a model predicting the majority class scores ACC {d['majority_rate']:.3f}; "
-                      "rows measured by " + "; ".join(f"[{i}] `{c}`" for i, c in enumerate(commands, 1)) + where + ")",
-                      ""]
+                      "rows measured by " + "; ".join(f"[{i}] {named(c, m)}" for i, (c, m) in enumerate(sources, 1))
+                      + where + ")", ""]
         lines += ["| method | AUC | ACC | time |", "|---|---|---|---|"]
         volumes = data.endswith("3d")
         for name, s in d["ours"].items():
-            tag = f" [{commands.index(s.get('command', default)) + 1}]" if len(commands) > 1 else ""
+            tag = f" [{sources.index(source(s)) + 1}]" if len(sources) > 1 else ""
             sd = len(s["runs"]) > 1
             if volumes and not name.endswith(("ACS", "3-D")) and not name.startswith(("Classical", "Ensemble")):
                 name += " 2.5-D"  # a 2-D network on a volume set sees stacks of three slices
