@@ -162,7 +162,7 @@ def _extract(ds, features: str, arrays: dict, settings: str, log):
 def run_classical(data: str, *, features: str = "auto", classifier: str = "all", out: str | Path,
                   data_dir: str | None = None, size: int | None = None, volume_slices: int = 4,
                   seed: int = 0, quick: bool = False, options: PrepOptions | None = None, log=print) -> str:
-    """Train classical pipeline(s) and write a run folder; return the classifier chosen on validation.
+    """Train classical pipeline(s) and write a run folder; return the classifier chosen on held-out AUC.
 
     ``features`` ``auto`` takes the default for the data (``DEFAULT_FEATURES``: 2-D
     features for images, 3-D shape and a coarse thumbnail of each whole volume for

@@ -160,3 +160,14 @@ def test_classical_on_whole_volumes_through_the_cli(adrenal_subset, tmp_path, ca
     rc, out, err = run_cli(["classical", "--data", "breastmnist", "--features", "shape", "--out", tmp_path / "bad"],
                            capsys)
     assert rc != 0 and "describe whole volumes" in (out + err)
+
+
+def test_the_classifier_is_picked_on_the_mean_of_cross_validated_and_validation_auc():
+    from medcls.classical import pick_classifier, selection_score
+
+    table = [{"classifier": "knn", "cv_auc": 0.734, "val_auc": 0.964},  # a lucky 78-image validation split
+             {"classifier": "svm", "cv_auc": 0.833, "val_auc": 0.910}]
+    assert pick_classifier(table) == "svm"
+    assert selection_score(table[0]) == pytest.approx((0.734 + 0.964) / 2)
+    no_val = [{"classifier": "knn", "cv_auc": 0.80, "val_auc": float("nan")}, {"classifier": "svm", "cv_auc": 0.70}]
+    assert pick_classifier(no_val) == "knn"  # without a validation split the cross-validated AUC decides
