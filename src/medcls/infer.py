@@ -110,9 +110,10 @@ def to_device_batch(x: np.ndarray, idx: np.ndarray, device: torch.device) -> tor
     return t.float().div_(255.0).contiguous(memory_format=_channels_last_format(t.ndim))
 
 
-# a prediction batch of volumes holds at most this many voxels (47 volumes of 28^3, 4 of 64^3): on 2 CPU
-# cores VGG-11-BN-ACS predicted 13-15 volumes/s at 28^3 from batch 8 to 128, so larger batches of
-# volumes buy no speed, only memory (bench/volume_speed.py)
+# a prediction batch of volumes holds at most this many voxels (47 volumes of 28^3, 4 of 64^3), which
+# bounds its activations. On 2 CPU cores larger batches buy no speed: at 28^3 batch 8 was faster than 47
+# for all four VGG-11-BN / AlexNet forms (VGG-11-BN-ACS 62 vs 49 volumes/s), and at 64^3 batch 4 was the
+# VGG forms' best (bench/results/volume_speed.json); a GPU has not measured it yet
 EVAL_BATCH_VOXELS = 1 << 20
 
 
