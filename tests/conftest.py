@@ -44,3 +44,21 @@ def run_cli(args, capsys):
     rc = main([str(a) for a in args])
     out = capsys.readouterr()
     return rc, out.out, out.err
+
+
+def medmnist_subset(medmnist_dir: Path, name: str, out: Path, sizes: dict) -> Path:
+    """A few real images of each split of a MedMNIST set, half of each class (binary), under the set's name.
+
+    ``sizes``: items per split, e.g. ``{"train": 24, "val": 12, "test": 12}``.
+    """
+    import numpy as np
+
+    src = np.load(medmnist_dir / f"{name}.npz")
+    path = out / f"{name}.npz"
+    keep = {}
+    for split, n in sizes.items():
+        y = src[f"{split}_labels"][:, 0]
+        idx = np.sort(np.concatenate([np.flatnonzero(y == 0)[: n // 2], np.flatnonzero(y == 1)[: n // 2]]))
+        keep[f"{split}_images"], keep[f"{split}_labels"] = src[f"{split}_images"][idx], src[f"{split}_labels"][idx]
+    np.savez(path, **keep)
+    return path

@@ -10,7 +10,7 @@ from medcls.errors import MedclsError
 from medcls.features import (DEFAULT_FEATURES, MultiScaleTexture, ShapeFeatures, Thumbnail, resolve_features,
                              takes_whole_volumes)
 from medcls.features.shape import SHAPE_NAMES
-from tests.conftest import run_cli
+from tests.conftest import medmnist_subset, run_cli
 
 
 def _ellipsoid(n: int, axes, centre=None) -> np.ndarray:
@@ -110,15 +110,8 @@ def test_feature_specs_resolve_and_refuse_mixing_volume_and_slice_features():
 
 @pytest.fixture(scope="module")
 def adrenal_subset(medmnist_dir, tmp_path_factory) -> Path:
-    src = np.load(medmnist_dir / "adrenalmnist3d.npz")
-    out = tmp_path_factory.mktemp("adrenal-classical") / "adrenalmnist3d.npz"
-    keep = {}
-    for split, n in (("train", 60), ("val", 20), ("test", 20)):
-        y = src[f"{split}_labels"][:, 0]
-        idx = np.sort(np.concatenate([np.flatnonzero(y == 0)[: n // 2], np.flatnonzero(y == 1)[: n // 2]]))
-        keep[f"{split}_images"], keep[f"{split}_labels"] = src[f"{split}_images"][idx], src[f"{split}_labels"][idx]
-    np.savez(out, **keep)
-    return out
+    return medmnist_subset(medmnist_dir, "adrenalmnist3d", tmp_path_factory.mktemp("adrenal-classical"),
+                           {"train": 60, "val": 20, "test": 20})
 
 
 def test_classical_on_whole_volumes_through_the_cli(adrenal_subset, tmp_path, capsys, monkeypatch):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import dcm, run_cli
+from tests.conftest import dcm, medmnist_subset, run_cli
 
 FAST = ["--epochs", "1", "--batch-size", "8", "--device", "cpu", "--no-refit"]
 
@@ -15,15 +15,8 @@ FAST = ["--epochs", "1", "--batch-size", "8", "--device", "cpu", "--no-refit"]
 @pytest.fixture(scope="module")
 def adrenal_subset(medmnist_dir, tmp_path_factory) -> Path:
     """A few real AdrenalMNIST3D volumes of each split, both classes, under the set's own name."""
-    src = np.load(medmnist_dir / "adrenalmnist3d.npz")
-    out = tmp_path_factory.mktemp("adrenal") / "adrenalmnist3d.npz"
-    keep = {}
-    for split, n in (("train", 24), ("val", 12), ("test", 12)):
-        y = src[f"{split}_labels"][:, 0]
-        idx = np.sort(np.concatenate([np.flatnonzero(y == 0)[: n // 2], np.flatnonzero(y == 1)[: n // 2]]))
-        keep[f"{split}_images"], keep[f"{split}_labels"] = src[f"{split}_images"][idx], src[f"{split}_labels"][idx]
-    np.savez(out, **keep)
-    return out
+    return medmnist_subset(medmnist_dir, "adrenalmnist3d", tmp_path_factory.mktemp("adrenal"),
+                           {"train": 24, "val": 12, "test": 12})
 
 
 def _nifti():

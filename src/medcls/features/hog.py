@@ -16,10 +16,16 @@ def as_images(X) -> np.ndarray:
         if side * side != X.shape[1]:
             raise ValueError(f"flat input of width {X.shape[1]} is not a square image")
         X = X.reshape(len(X), side, side)
-    if X.ndim == 4:
+    return grey_float(X, 2, "images (N, H, W) or (N, C, H, W)")
+
+
+def grey_float(X, spatial: int, what: str) -> np.ndarray:
+    """``(N, *S)`` or ``(N, C, *S)`` with ``spatial`` axes in S -> float32 grey ``(N, *S)``, uint8 scaled to [0, 1]."""
+    X = np.asarray(X)
+    if X.ndim == spatial + 2:
         X = X.mean(1) if X.shape[1] > 1 else X[:, 0]
-    if X.ndim != 3:
-        raise ValueError(f"expected images (N, H, W) or (N, C, H, W), got shape {X.shape}")
+    if X.ndim != spatial + 1:
+        raise ValueError(f"expected {what}, got shape {X.shape}")
     X = X.astype(np.float32)
     return X / 255.0 if X.max() > 1.5 else X
 

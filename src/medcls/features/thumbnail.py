@@ -5,20 +5,14 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from medcls.features.hog import as_images
+from medcls.features.hog import as_images, grey_float
 
 __all__ = ["Thumbnail", "as_volumes"]
 
 
 def as_volumes(X) -> np.ndarray:
     """``(N, D, H, W)`` or ``(N, C, D, H, W)`` -> float ``(N, D, H, W)`` grey in [0, 1]."""
-    X = np.asarray(X)
-    if X.ndim == 5:
-        X = X.mean(1) if X.shape[1] > 1 else X[:, 0]
-    if X.ndim != 4:
-        raise ValueError(f"expected whole volumes (N, D, H, W) or (N, C, D, H, W), got shape {X.shape}")
-    X = X.astype(np.float32)
-    return X / 255.0 if X.max() > 1.5 else X
+    return grey_float(X, 3, "whole volumes (N, D, H, W) or (N, C, D, H, W)")
 
 
 def _block_means(x: np.ndarray, cells: int) -> np.ndarray:
