@@ -156,12 +156,12 @@ def _bench(a, argv, work: Path) -> int:
         old = json.loads(previous.read_text())
         if old.get("machine", {}).get("cpu") != results["machine"]["cpu"]:
             print(f"note: {previous} was measured on {old['machine'].get('cpu')}; merging anyway")
-        kept = old.get("datasets", {})
+        kept, kept_machine = old.get("datasets", {}), old.get("machine")
         # a kept dataset keeps the machine it was measured on (its times are that machine's)
         results["datasets"] = {k: {**v, "machine": v.get("machine", old.get("machine"))}
                                for k, v in kept.items() if k not in a.datasets}
     else:
-        kept = {}
+        kept, kept_machine = {}, None
     for data in a.datasets:
         maj = majority.get(data) or majority_rate(data, a.data_dir)
         ours: dict[str, dict] = {}
@@ -186,7 +186,7 @@ def _bench(a, argv, work: Path) -> int:
             s["collapsed"] = bool(any(abs(r["acc"] - maj) < 1e-9 for r in s["runs"]))
             s.setdefault("command", command)
             s["machine"] = results["machine"]
-        ours = _merge_rows(kept.get(data), ours, old.get("machine") if kept else None)
+        ours = _merge_rows(kept.get(data), ours, kept_machine)
         results["datasets"][data] = {"majority_rate": maj, "ours": ours, "published": reference_rows(pub, data),
                                      "command": command, "machine": results["machine"]}
         _print_table(data, results["datasets"][data])

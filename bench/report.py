@@ -44,10 +44,12 @@ def accuracy_block() -> str:
 
         sources = list(dict.fromkeys(source(s) for s in d["ours"].values()))
         machines = {m for _, m in sources}
-        where = f"; measured on {machines.pop()}" if len(machines) == 1 and top not in machines else ""
+        # one machine for the whole table: said once, unless it is the file's; else each command names its own
+        only = next(iter(machines)) if len(machines) == 1 else None
+        where = f"; measured on {only}" if only and only != top else ""
 
         def named(c, m):
-            return f"`{c}`" + (f" on {m}" if len(machines) > 1 and m != top else "")
+            return f"`{c}`" + (f" on {m}" if only is None and m != top else "")
 
         if len(sources) == 1:
             lines += [f"**{data}** (a model predicting the majority class scores ACC {d['majority_rate']:.3f}; "

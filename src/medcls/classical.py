@@ -175,17 +175,16 @@ def run_classical(data: str, *, features: str = "auto", classifier: str = "all",
     for n in names:
         make_classifier(n)  # validates names before any work
     options = options or PrepOptions()
-    spec = features if features.strip() == "auto" else resolve_features(features, False)  # checks names first
-    whole = spec != "auto" and takes_whole_volumes(spec)
+    auto = features.strip() == "auto"
+    whole = not auto and takes_whole_volumes(features)  # checks the names before any file is read
     file_prep = options.preparation(size or 64, 1, volume_mode="3d" if whole else "slices")
     ds = load_dataset(data, data_dir=data_dir, size=size, prep=file_prep, seed=seed)
-    if spec == "auto":
-        spec = resolve_features("auto", ds.is_volume)
-        whole = ds.is_volume and takes_whole_volumes(spec)
+    if auto:
+        features = resolve_features("auto", ds.is_volume)
+        whole = takes_whole_volumes(features)
         if whole and ds.from_files:  # volume files read again, each whole (they were read as slices)
             file_prep = options.preparation(size or 64, 1, volume_mode="3d")
             ds = load_dataset(data, data_dir=data_dir, size=size, prep=file_prep, seed=seed)
-    features = spec
     if whole and not ds.is_volume:
         raise MedclsError(f"{ds.source}: features {features!r} describe whole volumes, and this dataset holds 2-D "
                           "images; use 2-D features (hog, sift, stats, texture, pixels)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
+from medcls.features._parallel import map_items
 from medcls.features.thumbnail import as_volumes
 
 __all__ = ["ShapeFeatures", "SHAPE_NAMES"]
@@ -67,18 +68,7 @@ class ShapeFeatures(TransformerMixin, BaseEstimator):
         return self
 
     def transform(self, X):
-        vols = as_volumes(X)
-        if len(vols) < 64 or self.n_jobs == 1:
-            return np.stack([_one(v, self.threshold) for v in vols])
-        from joblib import Parallel, delayed
-
-        chunks = np.array_split(np.arange(len(vols)), max(1, min(len(vols) // 32, 64)))
-        parts = Parallel(n_jobs=self.n_jobs)(delayed(_chunk)(vols[c], self.threshold) for c in chunks)
-        return np.concatenate(parts)
+        return map_items(_one, as_volumes(X), self.threshold, n_jobs=self.n_jobs, serial_below=64, per_chunk=32)
 
     def get_feature_names_out(self, input_features=None):
         return np.asarray([f"shape_{n}" for n in SHAPE_NAMES], dtype=object)
-
-
-def _chunk(vols, threshold):
-    return np.stack([_one(v, threshold) for v in vols])

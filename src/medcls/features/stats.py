@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
+from medcls.features._parallel import map_items
 from medcls.features.hog import as_images
 
 __all__ = ["IntensityTexture"]
@@ -42,15 +43,5 @@ class IntensityTexture(TransformerMixin, BaseEstimator):
         return self
 
     def transform(self, X):
-        from joblib import Parallel, delayed
-
-        imgs = as_images(X)
-        if len(imgs) < 256 or self.n_jobs == 1:
-            return np.stack([_one(i, self.lbp_points, self.lbp_radius) for i in imgs])
-        chunks = np.array_split(np.arange(len(imgs)), max(1, min(len(imgs) // 128, 64)))
-        parts = Parallel(n_jobs=self.n_jobs)(delayed(_chunk)(imgs[c], self.lbp_points, self.lbp_radius) for c in chunks)
-        return np.concatenate(parts)
-
-
-def _chunk(imgs, p, r):
-    return np.stack([_one(i, p, r) for i in imgs])
+        return map_items(_one, as_images(X), self.lbp_points, self.lbp_radius, n_jobs=self.n_jobs, serial_below=256,
+                         per_chunk=128)

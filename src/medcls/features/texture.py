@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
+from medcls.features._parallel import map_items
 from medcls.features.hog import as_images
 
 __all__ = ["MultiScaleTexture"]
@@ -48,16 +49,5 @@ class MultiScaleTexture(TransformerMixin, BaseEstimator):
         return self
 
     def transform(self, X):
-        imgs = as_images(X)
-        args = ([tuple(s) for s in self.scales], tuple(self.distances), int(self.levels))
-        if len(imgs) < 256 or self.n_jobs == 1:
-            return np.stack([_one(i, *args) for i in imgs]).reshape(len(imgs), -1)
-        from joblib import Parallel, delayed
-
-        chunks = np.array_split(np.arange(len(imgs)), max(1, min(len(imgs) // 128, 64)))
-        parts = Parallel(n_jobs=self.n_jobs)(delayed(_chunk)(imgs[c], *args) for c in chunks)
-        return np.concatenate(parts)
-
-
-def _chunk(imgs, *args):
-    return np.stack([_one(i, *args) for i in imgs])
+        return map_items(_one, as_images(X), [tuple(s) for s in self.scales], tuple(self.distances), int(self.levels),
+                         n_jobs=self.n_jobs, serial_below=256, per_chunk=128)
