@@ -57,6 +57,11 @@ VARIANTS = {
     "noema": dict(ema=False),
     "nohflip": dict(hflip=False),
     "hflip": dict(hflip=True),
+    # the epoch rule's floor in optimiser steps (TrainConfig.min_steps), each value explicit
+    "steps0": dict(min_steps=0),
+    "steps300": dict(min_steps=300),
+    "steps600": dict(min_steps=600),
+    "steps1200": dict(min_steps=1200),
 }
 
 

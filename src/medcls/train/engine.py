@@ -305,7 +305,7 @@ def setup(cfg: TrainConfig, data: TrainingData, train: Items, device: torch.devi
     bs = refit.batch_size if refit else cfg.batch_for(n, tuple(train.x.shape[2:]))
     lr = cfg.learning_rate(bs)
     opt = make_optimizer(cfg.optimizer, param_groups(model, cfg.weight_decay), lr)
-    epochs = refit.of_epochs if refit else cfg.epochs_for(n)
+    epochs = refit.of_epochs if refit else cfg.epochs_for(n, bs)
     steps_per_epoch = max(1, math.ceil(n / bs))
     sched = warmup_cosine(opt, int(cfg.warmup_epochs * steps_per_epoch), steps_per_epoch * epochs)
     ema, ema_decay = None, cfg.ema_decay(steps_per_epoch)
