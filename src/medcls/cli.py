@@ -309,7 +309,10 @@ def train(
     size: Optional[int] = typer.Option(None, "--size", help="Input size (MedMNIST: 28/64/128/224)."),
     channels: Optional[int] = typer.Option(None, "--channels", help="Input channels (default: the data's; one per "
                                            "CT window)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Default: ~20,000 training images (>= 4 epochs)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Default: ~20,000 training items and at least "
+                                         "--min-steps optimiser steps (4 to 100 epochs)."),
+    min_steps: Optional[int] = typer.Option(None, "--min-steps", help="With automatic epochs: train at least this "
+                                            "many optimiser steps [default: medcls.train.config.DEFAULT_MIN_STEPS]."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size",
                                              help="Default: 128, smaller (to 32) on small sets."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Default 1e-3 (AdamW) / 0.01 (SGD) at batch 128."),
@@ -417,7 +420,7 @@ def train(
         kwargs = {**_model_args(model_arg), **({"init": init} if init else {})}
         cfg = TrainConfig(data=data, model=model, out=str(out or Path("runs") / f"{Path(data).stem}-{model}"),
                           data_dir=str(data_dir) if data_dir else None, size=size, channels=channels, epochs=epochs,
-                          batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
+                          min_steps=min_steps, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
                           label_smoothing=label_smoothing, balance=balance, augment=augment, hflip=hflip, tta=tta,
                           patience=patience, clip_grad=clip_grad, ema=ema, seed=seed,
                           checkpoint_every=TrainConfig.checkpoint_every if checkpoint_every is None

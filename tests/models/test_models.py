@@ -352,3 +352,55 @@ def test_models_cli_json(capsys):
         aux = sum(count_params(c) for n, c in m.named_children() if n.startswith("aux"))
         assert by[name]["params"] == count_params(m) - aux and by[name]["flops"] > 0
     assert by["vgg19"]["flops"] > by["vgg16"]["flops"] > by["vgg13"]["flops"] > by["vgg11"]["flops"]
+
+
+def test_lrn_band_is_the_channel_window_for_any_width_and_layout():
+    """The banded 1 x 1 convolution sums the same channel window as the formula, channels-last included,
+    and one module serves inputs of different widths (its band is rebuilt per width)."""
+    torch.manual_seed(3)
+    lrn = LocalResponseNorm(5, 0.1, 0.75, 2.0)
+    for c in (3, 7, 64):
+        x = torch.randn(2, c, 5, 4)
+        ref = torch.empty_like(x)
+        for i in range(c):
+            s = (x[:, max(0, i - 2):min(c, i + 3)] ** 2).sum(1)
+            ref[:, i] = x[:, i] / (2.0 + 0.1 * s) ** 0.75
+        torch.testing.assert_close(lrn(x), ref)
+        torch.testing.assert_close(lrn(x.contiguous(memory_format=torch.channels_last)), ref)
+    assert "band" not in dict(lrn.named_buffers()) and not lrn.state_dict()  # nothing new in a checkpoint
+
+
+@pytest.mark.parametrize("name", ["googlenet", "inception_v2"])
+def test_inception_fused_reductions_are_the_three_branches(name):
+    """One convolution over the stacked 1 x 1 kernels gives the outputs and gradients of three separate ones."""
+    import medcls.models.googlenet as g
+
+    torch.manual_seed(4)
+    m = create_model(name, num_classes=3, in_channels=1, input_size=32).train()
+    block = m.inception4b
+    x = torch.randn(4, block.branch1[0].in_channels, 6, 6, requires_grad=True)
+    assert g._fusable((block.branch1, block.branch2[0], block.branch3[0]))
+    torch.manual_seed(5)
+    fused = block(x)
+    gx_fused, gw_fused = torch.autograd.grad(fused.square().sum(), (x, block.branch3[0][0].weight))
+    unfused = torch.cat([block.branch1(x), block.branch2(x), block.branch3(x), block.branch4(x)], 1)
+    gx, gw = torch.autograd.grad(unfused.square().sum(), (x, block.branch3[0][0].weight))
+    torch.testing.assert_close(fused, unfused, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx_fused, gx, rtol=1e-3, atol=1e-4)  # float sums in another order (batch norm)
+    torch.testing.assert_close(gw_fused, gw, rtol=1e-3, atol=1e-4)
+
+
+def test_inception_branches_run_one_by_one_when_hooked_or_in_volume_form():
+    import medcls.models.googlenet as g
+
+    m = create_model("googlenet", num_classes=2, in_channels=1, input_size=32)
+    heads = (m.inception3a.branch1, m.inception3a.branch2[0], m.inception3a.branch3[0])
+    seen = []
+    handle = m.inception3a.branch3[0][0].register_forward_hook(lambda mod, i, o: seen.append(o.shape))
+    assert not g._fusable(heads)
+    m.eval()(torch.randn(1, 1, 32, 32))
+    assert seen and seen[0][1] == 16  # the hook saw the 5 x 5 reduce's own output
+    handle.remove()
+    assert g._fusable(heads)
+    v = create_model("googlenet_acs", num_classes=2, in_channels=1, input_size=28)
+    assert not g._fusable((v.inception3a.branch1, v.inception3a.branch2[0], v.inception3a.branch3[0]))

@@ -170,3 +170,33 @@ def test_device_strings_are_checked_against_this_machine(monkeypatch):
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     with pytest.raises(MedclsError, match="MPS is not available"):
         select_device("mps")
+
+
+@pytest.mark.parametrize("floor", [0, 300, 600, 5000])
+def test_auto_epochs_take_at_least_min_steps_optimiser_steps(floor):
+    """The floor in steps binds between the items rule and the 100-epoch cap, and is the least epochs that reach it."""
+    cfg = TrainConfig(data="x", min_steps=floor)
+    for n in (30, 546, 1188, 3766, 4708, 9504, 20_000, 250_000):
+        bs = cfg.batch_for(n)
+        spe = -(-n // bs)  # steps per epoch (the last batch is partial)
+        epochs = cfg.epochs_for(n, bs)
+        by_items = max(4, round(20_000 / n))
+        assert 4 <= epochs <= 100
+        assert epochs >= min(100, by_items)  # never fewer than the items rule gives
+        if epochs < 100:
+            assert epochs * spe >= floor  # the floor is reached ...
+        if epochs > by_items:
+            assert (epochs - 1) * spe < floor  # ... by the least number of epochs that reaches it
+
+
+def test_min_steps_examples_and_precedence():
+    assert TrainConfig(data="x", min_steps=600).epochs_for(4708, 128) == 17  # 37 steps an epoch: 629 >= 600 > 592
+    assert TrainConfig(data="x", min_steps=600).epochs_for(546, 32) == 37  # BreastMNIST: the items rule binds
+    assert TrainConfig(data="x", min_steps=600).epochs_for(250_000, 128) == 4  # a large set: 4 epochs of many steps
+    assert TrainConfig(data="x", min_steps=0).epochs_for(4708) == 4  # no floor: the items rule alone
+    assert TrainConfig(data="x", min_steps=10**6).epochs_for(4708) == 100  # never past 100 epochs
+    assert TrainConfig(data="x", min_steps=600, epochs=3).epochs_for(4708) == 3  # --epochs wins
+    # the batch given is the one the floor counts in: a smaller batch takes more steps an epoch
+    assert TrainConfig(data="x", min_steps=600).epochs_for(4708, 32) < TrainConfig(data="x", min_steps=600).epochs_for(4708, 128)
+    with pytest.raises(MedclsError, match="--min-steps"):
+        TrainConfig(data="x", min_steps=-1)

@@ -43,8 +43,8 @@ from medcls.data import Items, merge_items
 from medcls.distributed import SINGLE, World, all_sum, any_true, barrier, broadcast_tensors, shard
 from medcls.errors import MedclsError, TrainingStopped
 from medcls.evaluate.metrics import auc_score
-from medcls.infer import Normaliser, aggregate, autocast, channels_last, predict_items, select_device, set_threads, \
-    to_device_batch
+from medcls.infer import Normaliser, aggregate, autocast, channels_last, predict_items, reuse_host_memory, \
+    select_device, set_threads, to_device_batch
 from medcls.models import create_model, model_loss
 from medcls.run_folder import DataInfo, ModelInfo, Preprocess, Refit, RunConfig, RunFolder, Schedule
 from medcls.train.augment import Augment, Share, default_hflip
@@ -103,9 +103,15 @@ def fit(cfg: TrainConfig, resume: bool = False, world: World = SINGLE,
     and its device(s) (:func:`medcls.distributed.init_world`); every rank calls
     ``fit`` and returns once rank 0 has written the run.
     """
-    folder = RunFolder(cfg.out)
     set_threads()
     device = devices[0] if devices else select_device(cfg.device)
+    with reuse_host_memory(device):
+        return _fit(cfg, resume, world, devices, device)
+
+
+def _fit(cfg: TrainConfig, resume: bool, world: World, devices: list[torch.device] | None,
+         device: torch.device) -> Path:
+    folder = RunFolder(cfg.out)
     data = prepare_data(cfg)
     if world.is_main:
         _report_left_out(data)
