@@ -404,3 +404,11 @@ def test_inception_branches_run_one_by_one_when_hooked_or_in_volume_form():
     assert g._fusable(heads)
     v = create_model("googlenet_acs", num_classes=2, in_channels=1, input_size=28)
     assert not g._fusable((v.inception3a.branch1, v.inception3a.branch2[0], v.inception3a.branch3[0]))
+
+
+
+@pytest.mark.parametrize("size,groups", [(5, 1), (4, 1), (3, 2)])
+def test_lrn_band_gradient_passes_gradcheck(size, groups):
+    torch.manual_seed(6)
+    lrn = LocalResponseNorm(size, 0.3, 0.75, 1.5, groups=groups, channels=6 if groups > 1 else None).double()
+    assert torch.autograd.gradcheck(lrn, (torch.randn(2, 6, 3, 3, dtype=torch.double, requires_grad=True),))
