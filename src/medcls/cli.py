@@ -524,6 +524,8 @@ class _Reported(Exception):
 
 
 def _print_metrics(root: Path) -> None:
+    from medcls.evaluate.metrics import decision_warning
+
     folder = RunFolder(root)
     m = folder.read_metrics()
     first = folder.selection.read_metrics()
@@ -536,6 +538,8 @@ def _print_metrics(root: Path) -> None:
                        f"{x['auc_ci95'][1]:.3f})  sensitivity {x['sensitivity']:.3f}  "
                        f"specificity {x['specificity']:.3f}  "
                        + (f"ECE {x['ece']:.3f}  " if "ece" in x else "") + f"n={x['n']}")
+            if (warn := decision_warning(x)) is not None:
+                typer.echo(f"  warning: {warn}", err=True)
             found = x.get("operating_point") or {}
             for label, op in (found.get("per_label") or ({"": found} if found else {})).items():
                 at = op.get("at_prevalence")

@@ -63,3 +63,31 @@ def test_multiclass_calibration_uses_the_predicted_class():
     assert m["brier"] == pytest.approx(np.mean(((probs - np.eye(3)[y]) ** 2).sum(1)))
     # bins (15 per unit): 0.6 wrong, 0.7 right, 0.8 right, 0.9 right -> |0-.6| + |1-.7| + |1-.8| + |1-.9|
     assert m["ece"] == pytest.approx((0.6 + 0.3 + 0.2 + 0.1) / 4)
+
+
+def test_decisions_no_better_than_the_commonest_class_are_flagged():
+    """A model can rank well (high AUC) while its argmax answers the majority class: that is flagged, not reported."""
+    from medcls.evaluate.metrics import decision_warning
+    from medcls.evaluate.model_card import model_card_sections
+    from medcls.run_folder import RunConfig
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(77, int), np.ones(23, int)]
+    score = np.where(y == 1, 0.40, 0.20) + rng.uniform(0, 0.05, 100)  # ranks perfectly, never over 0.5
+    collapsed = compute_metrics(y, np.stack([1 - score, score], 1), "binary", ["neg", "pos"], n_boot=10)
+    assert collapsed["auc"] == 1.0 and collapsed["classes_predicted"] == 1
+    assert collapsed["majority_rate"] == 0.77 and collapsed["acc"] == 0.77
+    assert "same class" in decision_warning(collapsed)
+    # both classes answered, but fewer right than the majority rule gets
+    bad = np.where(rng.uniform(size=100) < 0.35, 1 - y, y)
+    worse = compute_metrics(y, np.eye(2)[bad] * 0.8 + 0.1, "binary", ["neg", "pos"], n_boot=10)
+    assert worse["classes_predicted"] == 2 and worse["acc"] < 0.77
+    assert "not above" in decision_warning(worse)
+    good = compute_metrics(y, np.eye(2)[y] * 0.8 + 0.1, "binary", ["neg", "pos"], n_boot=10)
+    assert decision_warning(good) is None and good["acc"] == 1.0
+    assert decision_warning({"acc": 0.5, "n": 10}) is None  # metrics written before the fields existed
+    cfg = RunConfig.from_dict({"kind": "ensemble", "members": ["a", "b"],
+                               "data": {"name": "x", "task": "binary", "class_names": ["neg", "pos"],
+                                        "modality": "us", "source": "x.npz"}})
+    caveats = dict(model_card_sections(cfg, {"test": collapsed}))["Caveats"]
+    assert any(c.startswith("On test, every case got the same class") for c in caveats)

@@ -133,6 +133,9 @@ def compute_metrics(y, probs, task: str, class_names: list[str], n_boot: int = 5
     labels = list(range(k))
     cm = confusion_matrix(y, pred, labels=labels)
     out["acc"] = float((pred == y).mean())
+    # what answering the commonest class for every case would score, and how many classes were answered
+    out["majority_rate"] = float(cm.sum(1).max() / max(1, len(y)))
+    out["classes_predicted"] = int((cm.sum(0) > 0).sum())
     out["confusion"] = cm.tolist()
     recalls = recall_score(y, pred, labels=labels, average=None, zero_division=0)
     per = {}
@@ -153,3 +156,25 @@ def compute_metrics(y, probs, task: str, class_names: list[str], n_boot: int = 5
         out["specificity"] = float(np.nanmean([v["specificity"] for v in per.values()]))
         out["f1"] = float(f1_score(y, pred, labels=labels, average="macro", zero_division=0))
     return out
+
+
+def decision_warning(m: dict) -> str | None:
+    """A sentence when a split's argmax decisions are no better than answering the commonest class.
+
+    Such a model can still rank cases well (its AUC may be high) while its decisions
+    are a failure, not a result; a threshold chosen on validation
+    (``--operating-point``) is then the way to use it. ``None`` when the decisions
+    beat the majority rate, for multi-label metrics and for metrics written
+    before these fields existed.
+    """
+    if "majority_rate" not in m or not m.get("n"):
+        return None
+    if m.get("classes_predicted", 2) <= 1:
+        return (f"every case got the same class (ACC {m['acc']:.3f} = the commonest class's share): the argmax "
+                "decisions carry nothing; rank by probability, or choose a threshold on validation "
+                "(--operating-point youden)")
+    if m["acc"] <= m["majority_rate"]:
+        return (f"ACC {m['acc']:.3f} is not above the {m['majority_rate']:.3f} of answering the commonest class "
+                "every time: the argmax decisions are not trustworthy; choose a threshold on validation "
+                "(--operating-point youden)")
+    return None

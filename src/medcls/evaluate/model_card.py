@@ -15,6 +15,7 @@ from __future__ import annotations
 import html
 import math
 
+from medcls.evaluate.metrics import decision_warning
 from medcls.modalities import FAMILY_LIMITS, modality_family
 from medcls.run_folder import RunConfig
 
@@ -104,6 +105,9 @@ def model_card_sections(config: RunConfig, metrics: dict) -> list[tuple[str, lis
                        "data; the first pass (RUN/selection) holds the validation figures.")
     if t.get("semi"):
         caveats.append(f"Semi-supervised ({t['semi']}) with {t.get('labelled_fraction')} of the labels.")
+    for s in ("val", "test"):
+        if metrics.get(s) and (warn := decision_warning(metrics[s])) is not None:
+            caveats.append(f"On {s}, {warn}.")
     test = metrics.get("test") or {}
     if test and test.get("n", 0) < 200:
         caveats.append(f"The test split is small ({test['n']} cases): the intervals above are wide.")
