@@ -24,7 +24,8 @@ def _load(name: str) -> dict | None:
 
 def _machine(m: dict) -> str:
     gpu = f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU"
-    return f"{m['cpu']}, {m['cores']} cores{gpu}; Python {m['python']}, torch {m['torch']}"
+    cpu = f"{m['cpu']} ({m['vector']})" if m.get("vector") else m["cpu"]
+    return f"{cpu}, {m['cores']} cores{gpu}; Python {m['python']}, torch {m['torch']}"
 
 
 def accuracy_block() -> str:
