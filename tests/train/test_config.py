@@ -24,10 +24,16 @@ def test_learning_rate_scales_with_the_batch_unless_given():
     assert TrainConfig(data="x", batch_size=16).batch_for(10_000) == 16
 
 
-def test_auto_epochs_see_about_20k_images():
+def test_auto_epochs_see_about_20k_images_and_take_at_least_600_steps():
+    from medcls.train.config import DEFAULT_MIN_STEPS
+
+    assert DEFAULT_MIN_STEPS == 600
     cfg = TrainConfig(data="x")
-    assert cfg.epochs_for(4708) == 4
-    assert cfg.epochs_for(546) == 37
+    assert cfg.epochs_for(4708) == 17  # PneumoniaMNIST: 37 steps an epoch (4 epochs by items alone: 148 steps)
+    assert cfg.epochs_for(9504) == 8  # AdrenalMNIST3D's 2.5-D stacks: 75 steps an epoch
+    assert cfg.epochs_for(1188, 64) == 32  # its whole volumes: 19 steps an epoch (17 epochs by items)
+    assert cfg.epochs_for(546) == 37  # BreastMNIST: the items rule already gives 629 steps
+    assert cfg.epochs_for(250_000) == 4
     assert cfg.epochs_for(10) == 100
     assert TrainConfig(data="x", epochs=3).epochs_for(546) == 3
 
