@@ -170,9 +170,9 @@ def decision_warning(m: dict) -> str | None:
     if "majority_rate" not in m or not m.get("n"):
         return None
     if m.get("classes_predicted", 2) <= 1:
-        return (f"every case got the same class (ACC {m['acc']:.3f} = the commonest class's share): the argmax "
-                "decisions carry nothing; rank by probability, or choose a threshold on validation "
-                "(--operating-point youden)")
+        return (f"every case got the same class (ACC {m['acc']:.3f}; answering the commonest class scores "
+                f"{m['majority_rate']:.3f}): the argmax decisions carry nothing; rank by probability, or choose a "
+                "threshold on validation (--operating-point youden)")
     if m["acc"] <= m["majority_rate"]:
         return (f"ACC {m['acc']:.3f} is not above the {m['majority_rate']:.3f} of answering the commonest class "
                 "every time: the argmax decisions are not trustworthy; choose a threshold on validation "
