@@ -3,8 +3,8 @@
     python bench/speed.py            # full
     python bench/speed.py --quick    # smoke run (about a minute)
 
-- training images/s (on the CPU the median of 3 alternating rounds of each loop): medcls's loop (uint8 arrays in memory, batched augmentation on
-  the device, channels_last; the very ``train_step`` that ``medcls train`` runs)
+- training images/s (on the CPU the median of 3 alternating rounds of each loop):
+  medcls's loop (uint8 arrays in memory, batched augmentation on the device, channels_last; the very ``train_step`` that ``medcls train`` runs)
   vs a plain PyTorch loop (DataLoader over the same arrays, torchvision per-image
   transforms, default settings) on the same architecture — torchvision's own
   model where it is identical (one-tower AlexNet, and VGG-11 at 224 px);

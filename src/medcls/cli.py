@@ -420,8 +420,8 @@ def train(
         kwargs = {**_model_args(model_arg), **({"init": init} if init else {})}
         cfg = TrainConfig(data=data, model=model, out=str(out or Path("runs") / f"{Path(data).stem}-{model}"),
                           data_dir=str(data_dir) if data_dir else None, size=size, channels=channels, epochs=epochs,
-                          min_steps=min_steps, batch_size=batch_size, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
-                          label_smoothing=label_smoothing, balance=balance, augment=augment, hflip=hflip, tta=tta,
+                          min_steps=min_steps, batch_size=batch_size, lr=lr, optimizer=optimizer,
+                          weight_decay=weight_decay, label_smoothing=label_smoothing, balance=balance, augment=augment, hflip=hflip, tta=tta,
                           patience=patience, clip_grad=clip_grad, ema=ema, seed=seed,
                           checkpoint_every=TrainConfig.checkpoint_every if checkpoint_every is None
                           else checkpoint_every,

@@ -17,8 +17,8 @@ from torch import nn
 from medcls.distributed import SINGLE, World, gather_rows, shard
 from medcls.errors import MedclsError
 
-__all__ = ["TTA_MODES", "select_device", "set_threads", "reuse_host_memory", "Normaliser", "to_device_batch", "autocast",
-           "predict_items", "aggregate", "channels_last", "eval_batch_size"]
+__all__ = ["TTA_MODES", "select_device", "set_threads", "reuse_host_memory", "Normaliser", "to_device_batch",
+           "autocast", "predict_items", "aggregate", "channels_last", "eval_batch_size"]
 
 TTA_MODES = ("none", "flip")  # test-time augmentation: none, or the mean with the mirror image
 
@@ -88,10 +88,10 @@ def reuse_host_memory(device: torch.device):
     free, so each activation and gradient of a step (tens of MB at 64 px) is
     page-faulted in anew, zero-filled by the kernel, at every step. With mmap off
     and a high trim threshold the heap keeps those pages, as jemalloc / tcmalloc
-    would (Intel's advice for PyTorch on CPUs). GoogLeNet trains about 1.4x
-    faster on 2 cores at 64 px, VGG and AlexNet a few percent
-    (``bench/speed.py``). On leaving, glibc's defaults come back and the kept
-    memory is returned to the system. Elsewhere (GPU, macOS, musl) a no-op.
+    would (Intel's advice for PyTorch on CPUs). GoogLeNet's training step at
+    64 px is 1.14x faster with it on 2 cores (``bench/cpu_ablation.py``). On
+    leaving, glibc's defaults come back and the kept memory is returned to the
+    system. Elsewhere (GPU, macOS, musl) a no-op.
     """
     global _reuse_depth
     libc = _glibc() if device.type == "cpu" and _reuse_depth == 0 else None  # the outermost one sets and restores

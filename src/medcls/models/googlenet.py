@@ -28,6 +28,8 @@ in the paper's sum form, beta 0.75, k 1). Initialisation: Glorot uniform.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -85,10 +87,17 @@ class Inception(nn.Module):
             # outputs). The parameters stay where they are, so state dicts do not change.
             w = torch.cat([h[0].weight for h in heads])
             b = None if heads[0][0].bias is None else torch.cat([h[0].bias for h in heads])
-            parts = F.conv2d(x, w, b).split([h[0].out_channels for h in heads], 1)
-            b1, r2, r3 = (h[1:](p) for h, p in zip(heads, parts))
-            return torch.cat([b1, self.branch2[1:](r2), self.branch3[1:](r3), self.branch4(x)], 1)
+            b1, r2, r3 = F.conv2d(x, w, b).split([h[0].out_channels for h in heads], 1)
+            b1, r2, r3 = _after_first(self.branch1, b1), _after_first(heads[1], r2), _after_first(heads[2], r3)
+            return torch.cat([b1, _after_first(self.branch2, r2), _after_first(self.branch3, r3), self.branch4(x)], 1)
         return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], 1)
+
+
+def _after_first(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """``seq`` less its first module, applied to ``x`` (``seq[1:]`` would build a new Sequential per call)."""
+    for module in itertools.islice(seq, 1, None):
+        x = module(x)
+    return x
 
 
 def _fusable(heads: tuple[nn.Sequential, ...]) -> bool:

@@ -15,8 +15,9 @@ __all__ = ["DEFAULT_MIN_STEPS", "TrainConfig", "VOLUME_BATCH_VOXELS"]
 VOLUME_BATCH_VOXELS = 1 << 22  # voxels in one training batch of volumes (see TrainConfig.batch_for)
 # Optimiser steps an automatic schedule takes at least (TrainConfig.epochs_for). 600 is about the schedule
 # the other defaults were chosen with on BreastMNIST (37 epochs of 17 steps); on a fifth of PneumoniaMNIST's
-# training split held out, AlexNet's 600-step schedule beat its 150-step one (held-out AUC 0.994 vs 0.989),
-# and on AdrenalMNIST3D's 2.5-D stacks, a set it was not chosen on, see bench/README.md, *The epoch rule*.
+# training split held out, AlexNet's 600-step schedule beat its 150-step one (held-out AUC 0.994 vs 0.989,
+# one seed); on AdrenalMNIST3D's 2.5-D stacks, the check on a set it was not chosen on, it changed nothing
+# (bench/README.md, *The epoch rule*).
 DEFAULT_MIN_STEPS = 600
 
 
@@ -164,8 +165,7 @@ class TrainConfig:
 
         Counting items alone gives a set of many items few steps: PneumoniaMNIST
         (4,708 images, batch 128) got 4 epochs of 37 steps, and AdrenalMNIST3D's
-        9,504 2.5-D slice stacks 4 epochs, after which a 2.5-D AlexNet still
-        answered the majority class. The floor in steps makes the schedule depend
+        9,504 2.5-D slice stacks 4 epochs. The floor in steps makes the schedule depend
         on how often the weights move, which is what convergence needs; it binds
         only between ~2,000 and ~20,000 items at the default batch (smaller sets
         already take more steps, larger ones 4 epochs of many steps). How the
