@@ -62,6 +62,9 @@ VARIANTS = {
     "steps300": dict(min_steps=300),
     "steps600": dict(min_steps=600),
     "steps1200": dict(min_steps=1200),
+    "mixup0.2": dict(mixup=0.2),  # mixup (Zhang et al. 2018) at the strengths the paper used on ImageNet / CIFAR
+    "mixup0.4": dict(mixup=0.4),
+    "mixup1": dict(mixup=1.0),
 }
 
 

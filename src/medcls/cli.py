@@ -319,6 +319,8 @@ def train(
     optimizer: str = typer.Option("adamw", "--optimizer", help="adamw | sgd"),
     weight_decay: float = typer.Option(5e-4, "--weight-decay"),
     label_smoothing: float = typer.Option(0.0, "--label-smoothing"),
+    mixup: float = typer.Option(0.0, "--mixup", help="Mixup: train on convex mixes of pairs of a batch's items "
+                                "and of their labels, with weights drawn from Beta(a, a); this is a (0: off)."),
     balance: str = typer.Option("weighted", "--balance", help="weighted | sampler | none"),
     augment: str = typer.Option("auto", "--augment", help="auto | none | light | strong"),
     hflip: Optional[bool] = typer.Option(None, "--hflip/--no-hflip", help="Default: by dataset/modality."),
@@ -421,7 +423,8 @@ def train(
         cfg = TrainConfig(data=data, model=model, out=str(out or Path("runs") / f"{Path(data).stem}-{model}"),
                           data_dir=str(data_dir) if data_dir else None, size=size, channels=channels, epochs=epochs,
                           min_steps=min_steps, batch_size=batch_size, lr=lr, optimizer=optimizer,
-                          weight_decay=weight_decay, label_smoothing=label_smoothing, balance=balance, augment=augment, hflip=hflip, tta=tta,
+                          weight_decay=weight_decay, label_smoothing=label_smoothing, mixup=mixup, balance=balance,
+                          augment=augment, hflip=hflip, tta=tta,
                           patience=patience, clip_grad=clip_grad, ema=ema, seed=seed,
                           checkpoint_every=TrainConfig.checkpoint_every if checkpoint_every is None
                           else checkpoint_every,

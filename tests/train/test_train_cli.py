@@ -288,7 +288,8 @@ def test_ctrl_c_finishes_the_epoch_checkpoints_and_resumes_exactly(medmnist_dir,
 
     args = ["train", "--data", "breastmnist", "--data-dir", medmnist_dir, "--model", "alexnet_onetower",
             "--epochs", "3", "--batch-size", "32", "--max-train-samples", "64", "--init", "kaiming", "--seed", "4",
-            "--device", "cpu", "--checkpoint-every", "3600", "--no-refit"]
+            "--device", "cpu", "--checkpoint-every", "3600", "--no-refit",
+            "--mixup", "0.4"]  # mixup's draws come from the checkpointed generator, so a resume repeats them too
     full = tmp_path / "full"
     rc, _, err = run_cli(args + ["--out", full], capsys)
     assert rc == 0, err

@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from medcls.data.registry import MEDMNIST
 from medcls.modalities import mirror_safe
 
-__all__ = ["Augment", "Share", "AUGMENT_PRESETS", "default_hflip"]
+__all__ = ["Augment", "Share", "AUGMENT_PRESETS", "default_hflip", "mixup_pairs"]
 
 # rotation (deg), translation (fraction), scale range, contrast/brightness jitter
 AUGMENT_PRESETS = {
@@ -131,3 +132,20 @@ class Augment:
             pos = torch.arange(size, device=dev).view(shape)
             mask = mask & ((pos - centre.view([n] + [1] * len(dims))).abs() <= half)
         return x.masked_fill(mask.unsqueeze(1), 0.5)
+
+
+def mixup_pairs(alpha: float, gen: torch.Generator, share: Share) -> tuple[float, torch.Tensor]:
+    """Mixup's draws for a batch (Zhang et al., "mixup: Beyond empirical risk minimization", ICLR 2018).
+
+    Returns the weight ``lam`` ~ Beta(alpha, alpha), one per batch as in the
+    paper, and a permutation of this process's block of the batch: item ``i``
+    is mixed as ``lam * x[i] + (1 - lam) * x[perm[i]]`` and its loss is
+    ``lam * loss(y[i]) + (1 - lam) * loss(y[perm[i]])``. Under data parallel
+    each process mixes within its own block (as timm's ``Mixup`` does); the
+    draws are made for the whole batch, so every rank's generator stays in step.
+    Beta draws come from numpy, seeded from ``gen``, so a resumed run repeats them.
+    """
+    keys = torch.rand(share.of, generator=gen)[share.part]
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    return lam, torch.argsort(keys)

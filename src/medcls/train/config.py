@@ -40,6 +40,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.0
+    mixup: float = 0.0  # mixup's Beta(a, a) parameter a (Zhang et al. 2018); 0: off
     balance: str = "weighted"  # weighted | sampler | none
     augment: str = "auto"  # auto | none | light | strong
     hflip: bool | None = None  # None: decided by dataset/modality
@@ -107,6 +108,8 @@ class TrainConfig:
         if not self.weight_decay >= 0 or not self.warmup_epochs >= 0:
             raise MedclsError(f"--weight-decay and warm-up epochs must be 0 or more, got {self.weight_decay} "
                               f"and {self.warmup_epochs}")
+        if not 0 <= self.mixup <= 10:
+            raise MedclsError(f"--mixup is the Beta(a, a) parameter a, from 0 (off) to 10, got {self.mixup}")
         if not 0 <= self.label_smoothing < 1:
             raise MedclsError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         # runs written while refit was decided by the training set's size stored None ("auto"); the CLI

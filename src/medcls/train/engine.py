@@ -47,7 +47,7 @@ from medcls.infer import Normaliser, aggregate, autocast, channels_last, predict
     select_device, set_threads, to_device_batch
 from medcls.models import create_model, model_loss
 from medcls.run_folder import DataInfo, ModelInfo, Preprocess, Refit, RunConfig, RunFolder, Schedule
-from medcls.train.augment import Augment, Share, default_hflip
+from medcls.train.augment import Augment, Share, default_hflip, mixup_pairs
 from medcls.train.checkpoint import load_state, load_weights, rng_state, save_state, save_weights, set_rng_state, \
     weights_snapshot
 from medcls.train.config import TrainConfig
@@ -435,7 +435,8 @@ def save_checkpoint(trainer: Trainer, folder: RunFolder, progress: Progress, pen
 
 def train_step(model, opt, sched, scaler, criterion, norm, aug, x: np.ndarray, y: np.ndarray, idx: np.ndarray,
                device: torch.device, use_amp: bool, gen: torch.Generator, extra_loss=None,
-               clip_grad: float | None = None, share: Share | None = None, world_size: int = 1) -> torch.Tensor:
+               clip_grad: float | None = None, share: Share | None = None, world_size: int = 1,
+               mixup: float = 0.0) -> torch.Tensor:
     """One optimisation step on items ``idx`` of the in-memory uint8 arrays.
 
     Data parallel: ``idx`` is the global batch and this rank takes block
@@ -443,14 +444,23 @@ def train_step(model, opt, sched, scaler, criterion, norm, aug, x: np.ndarray, y
     mean (:func:`_loss_fraction`) times the world size, so that DDP's average of
     the ranks' gradients is the gradient of the global batch's mean loss, the
     one a single process would take, even when the blocks differ in size.
+    ``mixup`` > 0: the (augmented) items are mixed in pairs and so are their
+    losses (:func:`~medcls.train.augment.mixup_pairs`).
     Returns this rank's part of the global batch's mean loss (all of it in one process).
     """
     mine = idx[share.part] if share is not None else idx
     frac = _loss_fraction(criterion, y[idx], share) if share is not None else 1.0
     xb = norm(aug(to_device_batch(x, mine, device), gen, share))
     yb = torch.from_numpy(y[mine]).to(device)
+    if mixup:
+        lam, perm = mixup_pairs(mixup, gen, share or Share(len(mine), slice(0, len(mine))))
+        perm = perm.to(device)
+        xb = xb * lam + xb[perm] * (1.0 - lam)
     with autocast(device, use_amp):
-        loss = model_loss(model(xb), yb, criterion)
+        out = model(xb)
+        loss = model_loss(out, yb, criterion)
+        if mixup:
+            loss = loss * lam + model_loss(out, yb[perm], criterion) * (1.0 - lam)
         if extra_loss is not None:
             loss = loss + extra_loss()
     weight = frac * world_size
@@ -545,7 +555,7 @@ def train_one_epoch(trainer: Trainer, items: PassItems, epoch: int, start: Epoch
             extra = lambda: consistency_loss(cfg.semi, t.net, t.teacher, unlabelled, t.norm,  # noqa: E731
                                              t.weak, t.strong, gen, sched_step, t.total_steps, ushare)
         loss = train_step(t.net, t.opt, t.sched, t.scaler, t.criterion, t.norm, t.aug, x_epoch, y_epoch, idx,
-                          t.device, t.use_amp, gen, extra, cfg.clip_grad, share, world.size)
+                          t.device, t.use_amp, gen, extra, cfg.clip_grad, share, world.size, cfg.mixup)
         if t.teacher is not None:
             teacher_update(t.teacher, t.model, t.sched.last_epoch, t.schedule.ema_decay)
         if t.ema is not None:
