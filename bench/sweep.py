@@ -65,6 +65,9 @@ VARIANTS = {
     "mixup0.2": dict(mixup=0.2),  # mixup (Zhang et al. 2018) at the strengths the paper used on ImageNet / CIFAR
     "mixup0.4": dict(mixup=0.4),
     "mixup1": dict(mixup=1.0),
+    # the items upsampled before the network (--input-size): no new detail, larger maps for the stems
+    "in56": dict(input_size=56),
+    "in64": dict(input_size=64),
 }
 
 

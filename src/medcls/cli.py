@@ -307,6 +307,10 @@ def train(
     model: str = typer.Option("vgg11_bn", "--model", help="Model name (see `medcls models`)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder to create."),
     size: Optional[int] = typer.Option(None, "--size", help="Input size (MedMNIST: 28/64/128/224)."),
+    input_size: Optional[int] = typer.Option(None, "--input-size", help="Resize the items to this many pixels "
+                                             "before the network (bilinear; e.g. 28-px MedMNIST upsampled to 64, "
+                                             "which adds no detail but gives the network larger maps); evaluate "
+                                             "and predict resize alike [default: the data's size]."),
     channels: Optional[int] = typer.Option(None, "--channels", help="Input channels (default: the data's; one per "
                                            "CT window)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Default: ~20,000 training items and at least "
@@ -421,7 +425,7 @@ def train(
             raise MedclsError("--data is required (a MedMNIST name, .npz, class folder or CSV manifest)")
         kwargs = {**_model_args(model_arg), **({"init": init} if init else {})}
         cfg = TrainConfig(data=data, model=model, out=str(out or Path("runs") / f"{Path(data).stem}-{model}"),
-                          data_dir=str(data_dir) if data_dir else None, size=size, channels=channels, epochs=epochs,
+                          data_dir=str(data_dir) if data_dir else None, size=size, input_size=input_size, channels=channels, epochs=epochs,
                           min_steps=min_steps, batch_size=batch_size, lr=lr, optimizer=optimizer,
                           weight_decay=weight_decay, label_smoothing=label_smoothing, mixup=mixup, balance=balance,
                           augment=augment, hflip=hflip, tta=tta,

@@ -21,8 +21,8 @@ from medcls.data import load_dataset, to_items
 from medcls.distributed import SINGLE, World
 from medcls.errors import DataError, MedclsError, ReadError
 from medcls.evaluate import write_outputs
-from medcls.infer import Normaliser, aggregate, channels_last, eval_batch_size, predict_items, select_device, \
-    to_device_batch
+from medcls.infer import Normaliser, aggregate, channels_last, eval_batch_size, predict_items, resize_items, \
+    select_device, to_device_batch
 from medcls.io import check_values, read
 from medcls.modalities import Preparation, modality_family, prepare
 from medcls.models import base_name, create_model
@@ -241,11 +241,7 @@ class CNNRun(_Run):
                               f"not items of shape {tuple(x.shape)}")
         if x.shape[1] != c:
             x = np.repeat(x[:, :1], c, axis=1) if x.shape[1] == 1 or c > 1 else x.mean(1, keepdims=True)
-        if all(int(d) == s for d in x.shape[2:]):
-            return x.astype(np.uint8)
-        t = F.interpolate(torch.from_numpy(x.astype(np.float32)), size=(s,) * dims,
-                          mode="trilinear" if dims == 3 else "bilinear", align_corners=False)
-        return t.clamp(0, 255).round().to(torch.uint8).numpy()
+        return resize_items(x, s)
 
     def predict_items(self, x: np.ndarray) -> np.ndarray:
         return predict_items(self.model, self._fit_size(x), self.norm, self.device, self.task,

@@ -443,3 +443,34 @@ def test_refit_trains_again_on_train_and_val(medmnist_dir, tmp_path, monkeypatch
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
     assert json.loads((stopped / "metrics.json").read_text())["test"]["auc"] == m["test"]["auc"]
+
+
+def test_an_upsampled_run_trains_and_predicts_at_its_input_size(medmnist_dir, tmp_path, capsys):
+    """--input-size: the items are resized before the network, and a run resizes what it predicts alike."""
+    from medcls.data import load_dataset
+    from medcls.infer import resize_items
+    from medcls.runs import load_run
+    from medcls.train.config import TrainConfig
+    from medcls.train.data import prepare_data
+
+    cfg = TrainConfig(data="breastmnist", data_dir=str(medmnist_dir), input_size=56, max_train_samples=64)
+    d = prepare_data(cfg)
+    plain = prepare_data(TrainConfig(data="breastmnist", data_dir=str(medmnist_dir), max_train_samples=64))
+    assert d.train.x.shape[2:] == (56, 56) and d.val.x.shape[2:] == (56, 56)
+    np.testing.assert_array_equal(d.train.x, resize_items(plain.train.x, 56))
+    np.testing.assert_array_equal(d.train.y, plain.train.y)
+    assert d.preparation == plain.preparation, "files are prepared as before; the run resizes them after"
+
+    run = tmp_path / "run"
+    rc, _, err = run_cli(["train", "--data", "breastmnist", "--data-dir", medmnist_dir, "--out", run, *FAST,
+                          "--input-size", "56"], capsys)
+    assert rc == 0, err
+    r = load_run(run)
+    assert r.config.model.input_size == 56
+    ds = load_dataset(medmnist_dir / "breastmnist.npz")
+    probs, _ = r.sample_probs(ds, "test")
+    x, _ = ds.split("test")
+    Image.fromarray(x[5, 0]).save(tmp_path / "t5.png")
+    np.testing.assert_allclose(r.predict_files([tmp_path / "t5.png"])[0].probs, probs[5], atol=1e-5)
+    rc, _, err = run_cli(["train", "--data", "breastmnist", "--out", tmp_path / "bad", "--input-size", "20"], capsys)
+    assert rc == 2 and "--input-size" in err

@@ -31,6 +31,7 @@ class TrainConfig:
     out: str = "runs/run"
     data_dir: str | None = None
     size: int | None = None  # input size; None: the dataset's own
+    input_size: int | None = None  # the items resized to this before the network (e.g. 28 px upsampled to 64)
     channels: int | None = None  # None: the dataset's own
     epochs: int | None = None  # None: auto, about 20,000 training items and >= min_steps steps (4 to 100 epochs)
     min_steps: int | None = None  # automatic epochs: at least this many optimiser steps; None: DEFAULT_MIN_STEPS
@@ -95,6 +96,8 @@ class TrainConfig:
             raise MedclsError("--patience must be at least 1")
         if self.size is not None and not 28 <= self.size <= 1024:
             raise MedclsError(f"--size must be from 28 to 1024 pixels (the CNNs' range), got {self.size}")
+        if self.input_size is not None and not 28 <= self.input_size <= 1024:
+            raise MedclsError(f"--input-size must be from 28 to 1024 pixels (the CNNs' range), got {self.input_size}")
         if self.min_steps is not None and self.min_steps < 0:
             raise MedclsError(f"--min-steps must be 0 or more, got {self.min_steps}")
         for name, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size),

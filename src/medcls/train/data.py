@@ -8,6 +8,7 @@ import numpy as np
 
 from medcls.data import ImageDataset, Items, load_dataset, require_two_classes, run_preparation, subset_items, to_items
 from medcls.errors import DataError, MedclsError
+from medcls.infer import resize_items
 from medcls.modalities import WHOLE_VOLUME_MODES, Preparation
 
 __all__ = ["TrainingData", "prepare_data"]
@@ -71,4 +72,6 @@ def prepare_data(cfg) -> TrainingData:
         raise MedclsError("semi-supervised training supports binary and multi-class tasks, not multi-label")
     train = subset_items(items["train"], cfg.max_train_samples, cfg.seed)
     val = subset_items(items["val"], cfg.limit_eval_samples, cfg.seed)
+    if cfg.input_size is not None:  # the preparation keeps its size: a run resizes what it predicts the same way
+        train, val = (Items(resize_items(a.x, cfg.input_size), a.y, a.sample) for a in (train, val))
     return TrainingData(ds, train, val, prep, task, volume_mode)
