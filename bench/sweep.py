@@ -226,7 +226,28 @@ def print_summary(table: list[dict]) -> None:
           "for the record")
 
 
-if __name__ == "__main__":
+def combine(paths: list[str], variants: list[str], out: str | None) -> int:
+    """One table from several sweeps of one dataset (run apart, e.g. so that a reference is trained once)."""
+    from medcls._atomic import write_json
+
+    docs = [json.loads(Path(p).read_text()) for p in paths]
+    rows = [r for d in docs for r in d["rows"]]
+    if len({r["dataset"] for r in rows}) != 1 or len({d["machine"]["cpu"] for d in docs}) != 1:
+        raise SystemExit("--combine: the sweeps must share one dataset and one machine")
+    seen = list(dict.fromkeys(r["variant"] for r in rows))
+    order = [v for v in variants if v in seen] + [v for v in seen if v not in variants]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    commands = [c for d in docs for c in (d.get("commands") or [d["command"]])]
+    table = summary(rows, models, order)
+    out = out or str(Path(__file__).resolve().parent / "results" / f"sweep_{rows[0]['dataset']}.json")
+    write_json(Path(out), {"machine": docs[0]["machine"], "commands": commands + [
+        "python bench/sweep.py --combine " + " ".join(paths) + " --variants " + " ".join(order)],
+        "rows": rows, "summary": table})
+    print_summary(table)
+    return 0
+
+
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="breastmnist")
     ap.add_argument("--models", nargs="+", default=["alexnet"])
@@ -242,7 +263,12 @@ if __name__ == "__main__":
     ap.add_argument("--tta", action="store_true", help="also score each run with flip test-time augmentation")
     ap.add_argument("--out", default=None, help="run folders (default: a temp folder, removed at the end)")
     ap.add_argument("--json", default=None, help="default bench/results/sweep_DATASET.json")
+    ap.add_argument("--combine", nargs="+", default=None, metavar="JSON",
+                    help="train nothing: table the rows of these sweeps' JSON files together (the first "
+                         "--variants listed is the reference) and write them to --json")
     a = ap.parse_args()
+    if a.combine:
+        return combine(a.combine, a.variants, a.json)
     bad = [v for v in a.variants if v not in VARIANTS]
     if bad:
         ap.error(f"unknown variants {bad}; known: {', '.join(VARIANTS)}")
@@ -273,3 +299,8 @@ if __name__ == "__main__":
     if a.out is None:
         shutil.rmtree(out, ignore_errors=True)
     print_summary(summary(rows, a.models, a.variants))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -222,3 +222,17 @@ def test_quick_sweep_runs_each_variant_and_seed(tmp_path, medmnist_dir):
     bad = subprocess.run([sys.executable, str(REPO / "bench" / "sweep.py"), "--variants", "nope"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "unknown variants" in bad.stderr
+    # two sweeps run apart (one variant each) tabled together, the reference named by --variants
+    parts = []
+    for v in ("plain_ema", "base"):
+        parts.append(tmp_path / f"{v}.json")
+        parts[-1].write_text(json.dumps({**res, "rows": [x for x in res["rows"] if x["variant"] == v]}))
+    both = tmp_path / "both.json"
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "sweep.py"), "--combine", *map(str, parts),
+                        "--variants", "base", "--json", str(both)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    comb = json.loads(both.read_text())
+    assert len(comb["rows"]) == 2 and comb["commands"][-1].startswith("python bench/sweep.py --combine")
+    assert [x["variant"] for x in comb["summary"]] == ["base", "plain_ema"]
+    ref, other = ({x["variant"]: x for x in res["rows"]}[v]["val_auc"] for v in ("base", "plain_ema"))
+    assert comb["summary"][1]["gain_mean"] == pytest.approx(other - ref)
