@@ -7,6 +7,8 @@
     python bench/accuracy.py --datasets breastmnist --methods alexnet --seeds 0 1 2 --merge   # replace one row
     python bench/accuracy.py --datasets adrenalmnist3d --methods vgg11_bn_acs --seeds 0 1 2 --merge  # a volume form
     python bench/accuracy.py --datasets adrenalmnist3d --methods vgg11_bn_acs --seeds 2 --merge --extend  # one more seed
+    python bench/accuracy.py --datasets pneumoniamnist --methods alexnet --seeds 0 1 2 --merge --work W --reuse
+        # after an interruption: the runs finished in W are kept, an interrupted one resumes
 
 Every row of ours is trained and evaluated by this script in this run (with
 `medcls train` defaults unless --quick); published rows come from
@@ -45,22 +47,52 @@ def majority_rate(name: str, data_dir) -> float:
     return float(np.bincount(y).max() / len(y))
 
 
-def run_cnn(model: str, data: str, seed: int, quick: bool, work: Path, data_dir) -> dict:
+def _kept_run(out: Path, model: str, data: str, seed: int, quick: bool) -> str | None:
+    """With --reuse: "finished" or "interrupted" when ``out`` holds this run's folder, else None."""
+    try:
+        t = json.loads((out / "config.json").read_text())["train"]
+    except (OSError, ValueError, KeyError):
+        return None
+    if (t.get("data"), t.get("model"), t.get("seed"), t.get("max_train_samples") is not None) != \
+            (data, model, seed, quick):
+        return None
+    if (out / "metrics.json").is_file():
+        return "finished"
+    return "interrupted" if (out / "state.pt").is_file() else None
+
+
+def _trained_seconds(out: Path) -> float:
+    """The training time a run folder's history records (its epochs, over every resumption)."""
+    import csv
+
+    with (out / "history.csv").open() as f:
+        return sum(float(r["seconds"]) for r in csv.DictReader(f))
+
+
+def run_cnn(model: str, data: str, seed: int, quick: bool, work: Path, data_dir, reuse: bool = False) -> dict:
     from medcls.runs import evaluate_after_training
     from medcls.train.config import TrainConfig
     from medcls.train.engine import fit
 
     out = work / f"{data}-{model}-s{seed}"
-    shutil.rmtree(out, ignore_errors=True)
+    kept = _kept_run(out, model, data, seed, quick) if reuse else None
+    if kept is None:
+        shutil.rmtree(out, ignore_errors=True)
     kw = dict(epochs=1, max_train_samples=128, volume_slices=2, limit_eval_samples=128) if quick else {}
     cfg = TrainConfig(data=data, model=model, out=str(out), seed=seed, data_dir=data_dir, **kw)
     t0 = time.perf_counter()
-    evaluate_after_training(fit(cfg))
+    if kept == "interrupted":  # on with its own configuration, as `medcls train --resume` goes on
+        t = json.loads((out / "config.json").read_text())["train"]
+        evaluate_after_training(fit(TrainConfig.from_dict({**t, "out": str(out)}), resume=True))
+    elif kept is None:
+        evaluate_after_training(fit(cfg))
     secs = time.perf_counter() - t0
     m = json.loads((out / "metrics.json").read_text())["test"]
     meta = json.loads((out / "config.json").read_text())
-    row = {"run": str(out), "seed": seed, "acc": m["acc"], "auc": m["auc"], "auc_ci95": m["auc_ci95"], "seconds": round(secs, 1),
-           "epochs": meta["schedule"]["epochs"]}
+    if kept:  # part or all of it trained by an earlier invocation: the epochs' own times, summed
+        secs = _trained_seconds(out)
+    row = {"run": str(out), "seed": seed, "acc": m["acc"], "auc": m["auc"], "auc_ci95": m["auc_ci95"],
+           "seconds": round(secs, 1), "epochs": meta["schedule"]["epochs"], **({"reused": kept} if kept else {})}
     if meta.get("refit"):  # the first pass alone is what --no-refit gives: report it beside
         first = json.loads((out / meta["refit"]["selection"] / "metrics.json").read_text())["test"]
         row.update(refit_epoch=meta["refit"]["epoch"], first_pass_acc=first["acc"], first_pass_auc=first["auc"])
@@ -131,10 +163,15 @@ def main(argv=None) -> int:
     ap.add_argument("--merge", action="store_true",
                     help="keep what the results file already has for the datasets and methods not run now "
                          "(each row records the command that measured it)")
+    ap.add_argument("--reuse", action="store_true",
+                    help="with --work: keep a run of this method, set and seed found there (finished: scored as it "
+                         "is; interrupted: resumed) instead of training it again; its time is its epochs' own")
     ap.add_argument("--extend", action="store_true",
                     help="with --merge: add these seeds to a method's kept row (its runs of other seeds stay) "
                          "instead of replacing the row")
     a = ap.parse_args(argv)
+    if a.reuse and not a.work:
+        ap.error("--reuse looks for runs in the --work folder of an earlier invocation; name it")
     import tempfile
 
     work = Path(a.work or tempfile.mkdtemp(prefix="medcls-bench-"))
@@ -170,7 +207,7 @@ def _bench(a, argv, work: Path) -> int:
                 ours[CLASSICAL] = summarise([run_classical(data, a.quick, work, a.data_dir)])
             elif method in CNN or method in VOLUME_CNN:
                 label = {**CNN, **VOLUME_CNN}[method]
-                rows = [run_cnn(method, data, s, a.quick, work, a.data_dir) for s in a.seeds]
+                rows = [run_cnn(method, data, s, a.quick, work, a.data_dir, a.reuse) for s in a.seeds]
                 before = (kept.get(data) or {}).get("ours", {}).get(label) if a.extend else None
                 if before:  # the kept seeds' runs, measured by the kept row's command, plus this run's seeds
                     rows = [r for r in before["runs"] if _seed(r) not in a.seeds] + rows

@@ -236,3 +236,25 @@ def test_quick_sweep_runs_each_variant_and_seed(tmp_path, medmnist_dir):
     assert [x["variant"] for x in comb["summary"]] == ["base", "plain_ema"]
     ref, other = ({x["variant"]: x for x in res["rows"]}[v]["val_auc"] for v in ("base", "plain_ema"))
     assert comb["summary"][1]["gain_mean"] == pytest.approx(other - ref)
+
+
+def test_reuse_scores_a_finished_run_again_and_resumes_an_interrupted_one(tmp_path, medmnist_dir, monkeypatch):
+    sys.path.insert(0, str(REPO / "bench"))
+    import accuracy
+
+    from medcls.train import engine
+
+    first = accuracy.run_cnn("alexnet", "breastmnist", 1, True, tmp_path, str(medmnist_dir))
+    assert "reused" not in first
+    fits = []
+    real_fit = engine.fit
+    monkeypatch.setattr(engine, "fit", lambda cfg, resume=False, **kw: fits.append(resume) or real_fit(cfg, resume))
+    again = accuracy.run_cnn("alexnet", "breastmnist", 1, True, tmp_path, str(medmnist_dir), reuse=True)
+    assert fits == [] and again["reused"] == "finished" and again["auc"] == first["auc"]
+    run = Path(first["run"])
+    (run / "metrics.json").unlink()  # stopped after its last checkpoint, before it was scored
+    resumed = accuracy.run_cnn("alexnet", "breastmnist", 1, True, tmp_path, str(medmnist_dir), reuse=True)
+    assert fits == [True] and resumed["reused"] == "interrupted" and resumed["auc"] == first["auc"]
+    other_seed = accuracy.run_cnn("alexnet", "breastmnist", 1, True, tmp_path / "x", str(medmnist_dir), reuse=True)
+    assert "reused" not in other_seed, "an empty --work trains afresh"
+    assert not accuracy._kept_run(run, "alexnet", "breastmnist", 2, True), "another seed's folder is not reused"
