@@ -467,6 +467,7 @@ def test_an_upsampled_run_trains_and_predicts_at_its_input_size(medmnist_dir, tm
     assert rc == 0, err
     r = load_run(run)
     assert r.config.model.input_size == 56
+    assert "resized to 56 px" in (run / "model_card.md").read_text()
     ds = load_dataset(medmnist_dir / "breastmnist.npz")
     probs, _ = r.sample_probs(ds, "test")
     x, _ = ds.split("test")

@@ -70,6 +70,12 @@ def model_card_sections(config: RunConfig, metrics: dict) -> list[tuple[str, lis
     model = [f"{config.model_name}" + (f", {m.in_channels} channel(s) at {m.input_size} px" if m else "")
              + (f"; {sched.epochs} epochs, batch {sched.batch_size}, learning rate {sched.lr:g}" if sched else "")
              + (f"; optimiser {t.get('optimizer')}, seed {t.get('seed')}" if t else "") + "."]
+    if t.get("input_size"):
+        model.append(f"Every item resized to {t['input_size']} px (bilinear) before the network, in training and "
+                     "in prediction alike.")
+    if t.get("mixup"):
+        model.append(f"Trained with mixup: pairs of items and their labels mixed with Beta({t['mixup']:g}, "
+                     f"{t['mixup']:g}) weights.")
     if config.distributed:
         model.append(f"Trained data parallel in {config.distributed.get('world_size')} processes "
                      f"({config.distributed.get('backend')}).")
