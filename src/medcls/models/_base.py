@@ -109,6 +109,8 @@ class LocalResponseNorm(nn.Module):
             raise ValueError(f"LRN mode must be 'inter' or 'intra', got {mode!r}")
         if k <= 0:
             raise ValueError(f"LRN k must be positive, got {k}")
+        if size < 1 or size % 2 == 0:  # an even window has no centre: the paper's n/2 either side needs n odd
+            raise ValueError(f"LRN size must be odd (a window of n/2 either side of its centre), got {size}")
         self.size, self.alpha, self.beta, self.k, self.mode, self.groups = size, alpha, beta, k, mode, groups
         if mode == "inter" and groups > 1:
             if channels is None or channels % groups:
@@ -145,7 +147,7 @@ class LocalResponseNorm(nn.Module):
         return x * torch.exp(torch.log(self.k + self.alpha * s) * -self.beta)
 
     def _band(self, channels: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """``band[c, j] = 1`` for ``c - n//2 <= j <= c + (n-1)//2``: the channels summed for channel c.
+        """``band[c, j] = 1`` for ``|j - c| <= n//2`` (n odd): the channels summed for channel c.
 
         Across channels the windowed sum of squares is a 1 x 1 convolution with this
         fixed band: static shapes (ONNX export works, unlike F.local_response_norm)
@@ -158,6 +160,6 @@ class LocalResponseNorm(nn.Module):
             cached = None
         if cached is None or cached[0] != key:
             d = torch.arange(channels)[None, :] - torch.arange(channels)[:, None]  # j - c
-            band = ((d >= -(self.size // 2)) & (d <= (self.size - 1) // 2)).to(dtype)[:, :, None, None]
+            band = (d.abs() <= self.size // 2).to(dtype)[:, :, None, None]
             self._band_cache = cached = (key, band.to(device))
         return cached[1]
