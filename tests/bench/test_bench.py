@@ -255,6 +255,6 @@ def test_reuse_scores_a_finished_run_again_and_resumes_an_interrupted_one(tmp_pa
     (run / "metrics.json").unlink()  # stopped after its last checkpoint, before it was scored
     resumed = accuracy.run_cnn("alexnet", "breastmnist", 1, True, tmp_path, str(medmnist_dir), reuse=True)
     assert fits == [True] and resumed["reused"] == "interrupted" and resumed["auc"] == first["auc"]
-    other_seed = accuracy.run_cnn("alexnet", "breastmnist", 1, True, tmp_path / "x", str(medmnist_dir), reuse=True)
-    assert "reused" not in other_seed, "an empty --work trains afresh"
-    assert not accuracy._kept_run(run, "alexnet", "breastmnist", 2, True), "another seed's folder is not reused"
+    assert accuracy._kept_run(tmp_path / "nothing", "alexnet", "breastmnist", 1, True) is None
+    assert accuracy._kept_run(run, "alexnet", "breastmnist", 2, True) is None, "another seed's folder is not reused"
+    assert accuracy._kept_run(run, "alexnet", "breastmnist", 1, False) is None, "nor a quick run for a full one"
