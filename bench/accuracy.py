@@ -49,27 +49,31 @@ def majority_rate(name: str, data_dir) -> float:
 
 def _kept_run(out: Path, model: str, data: str, seed: int, quick: bool) -> str | None:
     """With --reuse: "finished" or "interrupted" when ``out`` holds this run's folder, else None."""
+    from medcls.errors import MedclsError
+    from medcls.run_folder import RunFolder
+
+    folder = RunFolder(out)
     try:
-        t = json.loads((out / "config.json").read_text())["train"]
-    except (OSError, ValueError, KeyError):
+        t = folder.read_config().train or {}
+    except MedclsError:
         return None
     if (t.get("data"), t.get("model"), t.get("seed"), t.get("max_train_samples") is not None) != \
             (data, model, seed, quick):
         return None
-    if (out / "metrics.json").is_file():
+    if folder.metrics.is_file():
         return "finished"
-    return "interrupted" if (out / "state.pt").is_file() else None
+    return "interrupted" if folder.resumable() is not None else None
 
 
 def _trained_seconds(out: Path) -> float:
     """The training time a run folder's history records (its epochs, over every resumption)."""
-    import csv
+    from medcls.run_folder import RunFolder
 
-    with (out / "history.csv").open() as f:
-        return sum(float(r["seconds"]) for r in csv.DictReader(f))
+    return sum(float(r["seconds"]) for r in RunFolder(out).read_history())
 
 
 def run_cnn(model: str, data: str, seed: int, quick: bool, work: Path, data_dir, reuse: bool = False) -> dict:
+    from medcls.run_folder import RunFolder
     from medcls.runs import evaluate_after_training
     from medcls.train.config import TrainConfig
     from medcls.train.engine import fit
@@ -82,7 +86,7 @@ def run_cnn(model: str, data: str, seed: int, quick: bool, work: Path, data_dir,
     cfg = TrainConfig(data=data, model=model, out=str(out), seed=seed, data_dir=data_dir, **kw)
     t0 = time.perf_counter()
     if kept == "interrupted":  # on with its own configuration, as `medcls train --resume` goes on
-        t = json.loads((out / "config.json").read_text())["train"]
+        t = RunFolder(out).read_config().train
         evaluate_after_training(fit(TrainConfig.from_dict({**t, "out": str(out)}), resume=True))
     elif kept is None:
         evaluate_after_training(fit(cfg))
