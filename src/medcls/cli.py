@@ -479,8 +479,11 @@ def _fit(cfg, resume: bool = False, dist_timeout: float = 600.0, operating_point
         if not world.active or isinstance(exc, MedclsError) or "--debug" in sys.argv:
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MedclsError(f"process {world.rank} of {world.size}: lost the other training processes ({first[:200]}); "
-                          f"the run can go on from its last checkpoint with `medcls train --resume {cfg.out}`") from None
+        # Said here, before leaving the process group: torchrun sends this process SIGTERM as soon as it sees the
+        # peer gone, and once the stop handler is released that signal ends the process wherever it is.
+        _err(f"process {world.rank} of {world.size}: lost the other training processes ({first[:200]}); "
+             f"the run can go on from its last checkpoint with `medcls train --resume {cfg.out}`")
+        raise _Reported(MedclsError.exit_code) from None
     finally:
         shutdown()
     return root if world.is_main else None
