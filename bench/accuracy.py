@@ -9,6 +9,8 @@
     python bench/accuracy.py --datasets adrenalmnist3d --methods vgg11_bn_acs --seeds 2 --merge --extend  # one more seed
     python bench/accuracy.py --datasets pneumoniamnist --methods alexnet --seeds 0 1 2 --merge --work W --reuse
         # after an interruption: the runs finished in W are kept, an interrupted one resumes
+    python bench/accuracy.py --datasets breastmnist --methods alexnet seeds --seeds 0 1 2 --merge --work W --reuse
+        # and the ensemble of those seeds ("seeds"), judged on validation against its members
 
 Every row of ours is trained and evaluated by this script in this run (with
 `medcls train` defaults unless --quick); published rows come from
@@ -97,10 +99,19 @@ def run_cnn(model: str, data: str, seed: int, quick: bool, work: Path, data_dir,
         secs = _trained_seconds(out)
     row = {"run": str(out), "seed": seed, "acc": m["acc"], "auc": m["auc"], "auc_ci95": m["auc_ci95"],
            "seconds": round(secs, 1), "epochs": meta["schedule"]["epochs"], **({"reused": kept} if kept else {})}
+    # validation AUC of the weights that never saw the validation split: the first pass of a refit run
+    row["val_auc"] = json.loads((_first_pass(out) / "metrics.json").read_text())["val"]["auc"]
     if meta.get("refit"):  # the first pass alone is what --no-refit gives: report it beside
         first = json.loads((out / meta["refit"]["selection"] / "metrics.json").read_text())["test"]
         row.update(refit_epoch=meta["refit"]["epoch"], first_pass_acc=first["acc"], first_pass_auc=first["auc"])
     return row
+
+
+def _first_pass(run: str | Path) -> Path:
+    """The run folder whose weights were chosen on validation: a refit run's first pass, else the run itself."""
+    run = Path(run)
+    refit = json.loads((run / "config.json").read_text()).get("refit")
+    return run / refit["selection"] if refit else run
 
 
 def run_classical(data: str, quick: bool, work: Path, data_dir) -> dict:
@@ -129,6 +140,38 @@ def run_ensemble(runs: list[str], data: str, work: Path) -> dict:
     m = json.loads((out / "metrics.json").read_text())["test"]
     return {"run": str(out), "acc": m["acc"], "auc": m["auc"], "auc_ci95": m["auc_ci95"],
             "seconds": round(time.perf_counter() - t0, 1), "members": runs}
+
+
+def run_seed_ensemble(rows: list[dict], label: str, data: str, work: Path) -> dict:
+    """One model's runs over several seeds, their probabilities averaged (`medcls ensemble`).
+
+    The test row is the ensemble of the runs as trained (refit where the defaults refit).
+    Whether averaging seeds pays is judged on validation, by the ensemble of the
+    first passes (weights that never trained on the validation split) against
+    its members' own validation AUC.
+    """
+    from medcls.runs import evaluate_after_training, evaluate_run, make_ensemble
+
+    out = work / f"{data}-{re.sub(r'[^a-z0-9]+', '_', label.lower()).strip('_')}-seeds"
+    firsts = out.with_name(out.name + "-first-pass")
+    for d in (out, firsts):
+        shutil.rmtree(d, ignore_errors=True)
+    t0 = time.perf_counter()
+    evaluate_after_training(make_ensemble([r["run"] for r in rows], out))
+    secs = time.perf_counter() - t0
+    metrics = json.loads((out / "metrics.json").read_text())
+    m, val = metrics["test"], (metrics.get("val") or {}).get("auc")
+    passes = [_first_pass(r["run"]) for r in rows]
+    if passes != [Path(r["run"]) for r in rows]:  # refit runs trained on validation: judge their first passes
+        evaluate_run(make_ensemble(passes, firsts), splits=("val",))
+        val = json.loads((firsts / "metrics.json").read_text())["val"]["auc"]
+    members = [r["val_auc"] for r in rows if "val_auc" in r]
+    return {"run": str(out), "acc": m["acc"], "auc": m["auc"], "auc_ci95": m["auc_ci95"],
+            # the members' training and the ensemble's evaluation: what the row costs from nothing
+            "seconds": round(sum(r["seconds"] for r in rows) + secs, 1), "members": [r["run"] for r in rows],
+            "seeds": [_seed(r) for r in rows], "val_auc": val,
+            **({"members_val_auc_mean": float(np.mean(members)),
+                "members_val_auc_below": sum(v < val for v in members)} if len(members) == len(rows) else {})}
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -223,6 +266,14 @@ def _bench(a, argv, work: Path) -> int:
             members = [ours[CNN[m]]["runs"][0]["run"] for m in CNN if m in a.methods and CNN[m] in ours]
             if len(members) >= 2:
                 ours["Ensemble of the CNNs"] = summarise([run_ensemble(members, data, work)])
+        if "seeds" in a.methods:  # each model run here over several seeds (with --extend: its kept seeds too)
+            for m, label in {**CNN, **VOLUME_CNN}.items():
+                runs = ours.get(label, {}).get("runs", []) if m in a.methods else []
+                if len(runs) >= 2 and all(Path(r["run"], "metrics.json").is_file() for r in runs):
+                    ours[f"Ensemble of {len(runs)} {label} seeds"] = summarise(
+                        [run_seed_ensemble(runs, label, data, work)])
+                elif len(runs) >= 2:
+                    print(f"note: {label}: the run folders of its kept seeds are gone; no ensemble of its seeds")
         for s in ours.values():
             s["collapsed"] = bool(any(abs(r["acc"] - maj) < 1e-9 for r in s["runs"]))
             s.setdefault("command", command)

@@ -258,3 +258,28 @@ def test_reuse_scores_a_finished_run_again_and_resumes_an_interrupted_one(tmp_pa
     assert accuracy._kept_run(tmp_path / "nothing", "alexnet", "breastmnist", 1, True) is None
     assert accuracy._kept_run(run, "alexnet", "breastmnist", 2, True) is None, "another seed's folder is not reused"
     assert accuracy._kept_run(run, "alexnet", "breastmnist", 1, False) is None, "nor a quick run for a full one"
+
+
+def test_seeds_averages_a_models_seeds_and_judges_it_on_the_first_passes(tmp_path, medmnist_dir, monkeypatch):
+    sys.path.insert(0, str(REPO / "bench"))
+    import _common
+    import accuracy
+
+    monkeypatch.setattr(_common, "RESULTS", tmp_path)
+    monkeypatch.setattr(accuracy, "RESULTS", tmp_path)
+    work = tmp_path / "work"
+    assert accuracy.main(["--quick", "--datasets", "breastmnist", "--methods", "alexnet", "seeds", "--seeds", "0", "1",
+                          "--data-dir", str(medmnist_dir), "--work", str(work)]) == 0
+    ours = json.loads((tmp_path / "accuracy_quick.json").read_text())["datasets"]["breastmnist"]["ours"]
+    single, ens = ours["AlexNet"]["runs"], ours["Ensemble of 2 AlexNet seeds"]["runs"][0]
+    assert ens["members"] == [r["run"] for r in single] and ens["seeds"] == [0, 1]
+    assert ens["seconds"] >= sum(r["seconds"] for r in single)
+    # judged on validation by weights that never trained on it (a refit run's first pass; these did not refit)
+    assert json.loads(Path(ens["run"], "metrics.json").read_text())["val"]["auc"] == ens["val_auc"]
+    for r in single:
+        assert accuracy._first_pass(r["run"]) == Path(r["run"])
+        first = json.loads((accuracy._first_pass(r["run"]) / "metrics.json").read_text())
+        assert r["val_auc"] == first["val"]["auc"]
+    assert ens["members_val_auc_mean"] == pytest.approx(np.mean([r["val_auc"] for r in single]))
+    assert ens["members_val_auc_below"] == sum(r["val_auc"] < ens["val_auc"] for r in single)
+    assert 0 <= ens["val_auc"] <= 1 and 0 <= ens["auc"] <= 1
