@@ -175,6 +175,14 @@ def test_merge_keeps_rows_not_rerun_and_readme_names_each_rows_command(monkeypat
     # --extend keeps a row's other seeds: a run's seed is recorded, or named by its folder in older rows
     assert accuracy._seed({"run": "/w/adrenalmnist3d-vgg11_bn_acs-s1", "acc": 0.8}) == 1
     assert accuracy._seed({"run": "/w/x-s1", "seed": 2}) == 2
+    # a finished run scored again (--reuse --extend) keeps the wall time of the invocation that trained it
+    kept = [{"run": "/w/x-s1", "seed": 1, "seconds": 300.0}, {"run": "/w/x-s2", "seed": 2, "seconds": 5.0,
+                                                              "reused": "finished"}]
+    again = {"run": "/w/x-s1", "seed": 1, "seconds": 250.0, "reused": "finished"}
+    assert accuracy._kept_time(again, kept)["seconds"] == 300.0
+    assert accuracy._kept_time({**again, "reused": "interrupted"}, kept)["seconds"] == 250.0
+    assert accuracy._kept_time({**again, "run": "/w/y-s1"}, kept)["seconds"] == 250.0
+    assert accuracy._kept_time({**again, "run": "/w/x-s2", "seed": 2}, kept)["seconds"] == 250.0
     # an older file named the classical row by its features: a new classical row replaces it
     legacy = {"command": "old", "ours": {"Classical (best of 5, HOG+stats)": row(0.5), "AlexNet": row(0.6)}}
     assert list(accuracy._merge_rows(legacy, {"Classical (best of 5)": row(0.8)})) == ["Classical (best of 5)",
