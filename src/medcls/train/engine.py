@@ -445,7 +445,9 @@ def train_step(model, opt, sched, scaler, criterion, norm, aug, x: np.ndarray, y
     the ranks' gradients is the gradient of the global batch's mean loss, the
     one a single process would take, even when the blocks differ in size.
     ``mixup`` > 0: the (augmented) items are mixed in pairs and so are their
-    losses (:func:`~medcls.train.augment.mixup_pairs`).
+    losses (:func:`~medcls.train.augment.mixup_pairs`). The pairs lie within
+    the block, so the partners' labels are the block's own, permuted: the same
+    summed class weights, and the same fraction serves both halves exactly.
     Returns this rank's part of the global batch's mean loss (all of it in one process).
     """
     mine = idx[share.part] if share is not None else idx
