@@ -268,7 +268,7 @@ def test_reuse_scores_a_finished_run_again_and_resumes_an_interrupted_one(tmp_pa
     assert accuracy._kept_run(run, "alexnet", "breastmnist", 1, False) is None, "nor a quick run for a full one"
 
 
-def test_seeds_averages_a_models_seeds_and_judges_it_on_the_first_passes(tmp_path, medmnist_dir, monkeypatch):
+def test_seeds_averages_a_models_seeds_and_records_its_validation_auc_beside_theirs(tmp_path, medmnist_dir, monkeypatch):
     sys.path.insert(0, str(REPO / "bench"))
     import _common
     import accuracy
