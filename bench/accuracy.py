@@ -130,29 +130,17 @@ def run_classical(data: str, quick: bool, work: Path, data_dir) -> dict:
             "classifier": best, "features": features}
 
 
-def run_ensemble(runs: list[str], data: str, work: Path) -> dict:
-    from medcls.runs import evaluate_after_training, make_ensemble
+def run_ensemble(rows: list[dict], out: Path) -> dict:
+    """The runs of ``rows`` with their probabilities averaged (`medcls ensemble`), as a row of its own.
 
-    out = work / f"{data}-ensemble"
-    shutil.rmtree(out, ignore_errors=True)
-    t0 = time.perf_counter()
-    evaluate_after_training(make_ensemble(runs, out))
-    m = json.loads((out / "metrics.json").read_text())["test"]
-    return {"run": str(out), "acc": m["acc"], "auc": m["auc"], "auc_ci95": m["auc_ci95"],
-            "seconds": round(time.perf_counter() - t0, 1), "members": runs}
-
-
-def run_seed_ensemble(rows: list[dict], label: str, data: str, work: Path) -> dict:
-    """One model's runs over several seeds, their probabilities averaged (`medcls ensemble`).
-
-    The test row is the ensemble of the runs as trained (refit where the defaults refit).
-    Whether averaging seeds pays is judged on validation, by the ensemble of the
-    first passes (weights that never trained on the validation split) against
-    its members' own validation AUC.
+    Its test figures are those of the runs as trained (refit where the defaults
+    refit). Whether averaging pays is judged on validation: the ensemble of the
+    members' first passes (weights that never trained on the validation split)
+    against the members' own validation AUC. Its time is what the row costs from
+    nothing: the members' training and its own evaluation.
     """
     from medcls.runs import evaluate_after_training, evaluate_run, make_ensemble
 
-    out = work / f"{data}-{re.sub(r'[^a-z0-9]+', '_', label.lower()).strip('_')}-seeds"
     firsts = out.with_name(out.name + "-first-pass")
     for d in (out, firsts):
         shutil.rmtree(d, ignore_errors=True)
@@ -167,11 +155,22 @@ def run_seed_ensemble(rows: list[dict], label: str, data: str, work: Path) -> di
         val = json.loads((firsts / "metrics.json").read_text())["val"]["auc"]
     members = [r["val_auc"] for r in rows if "val_auc" in r]
     return {"run": str(out), "acc": m["acc"], "auc": m["auc"], "auc_ci95": m["auc_ci95"],
-            # the members' training and the ensemble's evaluation: what the row costs from nothing
             "seconds": round(sum(r["seconds"] for r in rows) + secs, 1), "members": [r["run"] for r in rows],
             "seeds": [_seed(r) for r in rows], "val_auc": val,
             **({"members_val_auc_mean": float(np.mean(members)),
                 "members_val_auc_below": sum(v < val for v in members)} if len(members) == len(rows) else {})}
+
+
+def family_ensembles(families: list[list[dict]], data: str, work: Path) -> list[dict]:
+    """For each seed every family ran: the ensemble of the families' runs of that seed."""
+    seeds = sorted(set.intersection(*({_seed(r) for r in runs} for runs in families)))
+    return [{**run_ensemble([next(r for r in runs if _seed(r) == s) for runs in families],
+                            work / f"{data}-ensemble-s{s}"), "seed": s} for s in seeds]
+
+
+def seed_ensemble(rows: list[dict], label: str, data: str, work: Path) -> dict:
+    """One model's runs over several seeds, averaged."""
+    return run_ensemble(rows, work / f"{data}-{re.sub(r'[^a-z0-9]+', '_', label.lower()).strip('_')}-seeds")
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -263,16 +262,15 @@ def _bench(a, argv, work: Path) -> int:
                 ours[label] = summarise(rows)
                 if before:
                     ours[label]["command"] = f"{before.get('command', kept[data].get('command'))} && {command}"
-        if "ensemble" in a.methods:
-            members = [ours[CNN[m]]["runs"][0]["run"] for m in CNN if m in a.methods and CNN[m] in ours]
-            if len(members) >= 2:
-                ours["Ensemble of the CNNs"] = summarise([run_ensemble(members, data, work)])
+        if "ensemble" in a.methods:  # the CNN families of each seed, averaged
+            families = [ours[CNN[m]]["runs"] for m in CNN if m in a.methods and CNN[m] in ours]
+            if len(families) >= 2:
+                ours["Ensemble of the CNNs"] = summarise(family_ensembles(families, data, work))
         if "seeds" in a.methods:  # each model run here over several seeds (with --extend: its kept seeds too)
             for m, label in {**CNN, **VOLUME_CNN}.items():
                 runs = ours.get(label, {}).get("runs", []) if m in a.methods else []
                 if len(runs) >= 2 and all(Path(r["run"], "metrics.json").is_file() for r in runs):
-                    ours[f"Ensemble of {len(runs)} {label} seeds"] = summarise(
-                        [run_seed_ensemble(runs, label, data, work)])
+                    ours[f"Ensemble of {len(runs)} {label} seeds"] = summarise([seed_ensemble(runs, label, data, work)])
                 elif len(runs) >= 2:
                     print(f"note: {label}: the run folders of its kept seeds are gone; no ensemble of its seeds")
         for s in ours.values():

@@ -95,6 +95,12 @@ def test_quick_accuracy_bench_writes_its_json(tmp_path, medmnist_dir):
     assert set(acc["datasets"]) == {"breastmnist", "adrenalmnist3d"}
     for d in acc["datasets"].values():
         assert set(d["ours"]) == {"Classical (best of 5)", "AlexNet", "VGG-11 (BN)", "Ensemble of the CNNs"}
+        # the families of the same seed, averaged; it costs their training, and is judged on validation
+        ens, members = d["ours"]["Ensemble of the CNNs"]["runs"][0], [d["ours"][k]["runs"][0] for k in
+                                                                     ("AlexNet", "VGG-11 (BN)")]
+        assert ens["members"] == [r["run"] for r in members] and ens["seed"] == 0
+        assert ens["seconds"] >= sum(r["seconds"] for r in members)
+        assert ens["members_val_auc_mean"] == pytest.approx(np.mean([r["val_auc"] for r in members]))
         assert d["ours"]["Classical (best of 5)"]["runs"][0]["features"] in ("hog+stats+texture+pixels",
                                                                             "shape+pixels")
     assert "published: ResNet-18 (28)" in out
