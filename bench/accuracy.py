@@ -161,11 +161,11 @@ def run_ensemble(rows: list[dict], out: Path) -> dict:
                 "members_val_auc_below": sum(v < val for v in members)} if len(members) == len(rows) else {})}
 
 
-def family_ensembles(families: list[list[dict]], data: str, work: Path) -> list[dict]:
+def family_ensembles(families: dict[str, list[dict]], data: str, work: Path) -> list[dict]:
     """For each seed every family ran: the ensemble of the families' runs of that seed."""
-    seeds = sorted(set.intersection(*({_seed(r) for r in runs} for runs in families)))
-    return [{**run_ensemble([next(r for r in runs if _seed(r) == s) for runs in families],
-                            work / f"{data}-ensemble-s{s}"), "seed": s} for s in seeds]
+    seeds = sorted(set.intersection(*({_seed(r) for r in runs} for runs in families.values())))
+    return [{**run_ensemble([next(r for r in runs if _seed(r) == s) for runs in families.values()],
+                            work / f"{data}-ensemble-s{s}"), "seed": s, "families": list(families)} for s in seeds]
 
 
 def seed_ensemble(rows: list[dict], label: str, data: str, work: Path) -> dict:
@@ -263,7 +263,7 @@ def _bench(a, argv, work: Path) -> int:
                 if before:
                     ours[label]["command"] = f"{before.get('command', kept[data].get('command'))} && {command}"
         if "ensemble" in a.methods:  # the CNN families of each seed, averaged
-            families = [ours[CNN[m]]["runs"] for m in CNN if m in a.methods and CNN[m] in ours]
+            families = {CNN[m]: ours[CNN[m]]["runs"] for m in CNN if m in a.methods and CNN[m] in ours}
             if len(families) >= 2:
                 ours["Ensemble of the CNNs"] = summarise(family_ensembles(families, data, work))
         if "seeds" in a.methods:  # each model run here over several seeds (with --extend: its kept seeds too)

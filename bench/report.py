@@ -69,6 +69,8 @@ def accuracy_block() -> str:
             feats = s["runs"][0].get("features") if name.startswith("Classical") else None
             if feats:
                 name = f"{name[:-1]}, {feats})" if name.endswith(")") else f"{name} ({feats})"
+            if s["runs"][0].get("families"):  # an ensemble of the families run beside it
+                name += f" ({' + '.join(s['runs'][0]['families'])})"
             if sd:
                 name += f", {len(s['runs'])} seeds"
             auc = f"{s['auc_mean']:.3f}" + (f" ± {s['auc_sd']:.3f}" if sd else "")

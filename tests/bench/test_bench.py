@@ -99,6 +99,7 @@ def test_quick_accuracy_bench_writes_its_json(tmp_path, medmnist_dir):
         ens, members = d["ours"]["Ensemble of the CNNs"]["runs"][0], [d["ours"][k]["runs"][0] for k in
                                                                      ("AlexNet", "VGG-11 (BN)")]
         assert ens["members"] == [r["run"] for r in members] and ens["seed"] == 0
+        assert ens["families"] == ["AlexNet", "VGG-11 (BN)"]
         assert ens["seconds"] >= sum(r["seconds"] for r in members)
         assert ens["members_val_auc_mean"] == pytest.approx(np.mean([r["val_auc"] for r in members]))
         assert d["ours"]["Classical (best of 5)"]["runs"][0]["features"] in ("hog+stats+texture+pixels",
@@ -202,6 +203,11 @@ def test_merge_keeps_rows_not_rerun_and_readme_names_each_rows_command(monkeypat
     assert "| **medcls: AlexNet** [2] | 0.900 |" in block and "| **medcls: Ensemble of the CNNs** [1] | 0.750 |" in block
     # under the majority rate (0.731) is a failure, and the table says so
     assert "| **medcls: Classical (best of 5)** [1] ⚠ ACC below the majority class's | 0.500 |" in block
+    # an ensemble of families names them
+    fam = row(0.8)
+    fam["runs"][0]["families"] = ["AlexNet", "VGG-11 (BN)"]
+    res["datasets"]["breastmnist"]["ours"] = {"Ensemble of the CNNs": {**fam, "command": "new"}}
+    assert "| **medcls: Ensemble of the CNNs (AlexNet + VGG-11 (BN))** | 0.800 |" in report.accuracy_block()
 
 
 def test_gpu_speed_bench_says_plainly_when_there_is_no_cuda(tmp_path):
