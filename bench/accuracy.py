@@ -290,8 +290,9 @@ def _bench(a, argv, work: Path) -> int:
 
 
 def _kept_time(row: dict, kept: list[dict]) -> dict:
-    """A finished run scored again keeps the wall time the invocation that trained it measured."""
-    same = [k for k in kept if k["run"] == row["run"] and _seed(k) == row["seed"] and "reused" not in k]
+    """A finished run scored again keeps the time its kept row has: the wall time of the invocation that trained it
+    (or, where that one reused it too, the time it kept), not the epochs' own seconds."""
+    same = [k for k in kept if k["run"] == row["run"] and _seed(k) == row["seed"]]
     return {**row, "seconds": same[0]["seconds"]} if row.get("reused") == "finished" and same else row
 
 
