@@ -100,18 +100,20 @@ def run_cnn(model: str, data: str, seed: int, quick: bool, work: Path, data_dir,
     row = {"run": str(out), "seed": seed, "acc": m["acc"], "auc": m["auc"], "auc_ci95": m["auc_ci95"],
            "seconds": round(secs, 1), "epochs": meta["schedule"]["epochs"], **({"reused": kept} if kept else {})}
     # validation AUC of the weights that never saw the validation split: the first pass of a refit run
-    row["val_auc"] = json.loads((_first_pass(out) / "metrics.json").read_text())["val"]["auc"]
+    first = _first_pass(out).read_metrics()
+    row["val_auc"] = first["val"]["auc"]
     if meta.get("refit"):  # the first pass alone is what --no-refit gives: report it beside
-        first = json.loads((out / meta["refit"]["selection"] / "metrics.json").read_text())["test"]
-        row.update(refit_epoch=meta["refit"]["epoch"], first_pass_acc=first["acc"], first_pass_auc=first["auc"])
+        row.update(refit_epoch=meta["refit"]["epoch"], first_pass_acc=first["test"]["acc"],
+                   first_pass_auc=first["test"]["auc"])
     return row
 
 
-def _first_pass(run: str | Path) -> Path:
+def _first_pass(run: str | Path):
     """The run folder whose weights were chosen on validation: a refit run's first pass, else the run itself."""
-    run = Path(run)
-    refit = json.loads((run / "config.json").read_text()).get("refit")
-    return run / refit["selection"] if refit else run
+    from medcls.run_folder import RunFolder
+
+    folder = RunFolder(run)
+    return folder.selection if folder.read_config().refit is not None else folder
 
 
 def run_classical(data: str, quick: bool, work: Path, data_dir) -> dict:
@@ -139,6 +141,7 @@ def run_ensemble(rows: list[dict], out: Path) -> dict:
     against the members' own validation AUC. Its time is what the row costs from
     nothing: the members' training and its own evaluation.
     """
+    from medcls.run_folder import RunFolder
     from medcls.runs import evaluate_after_training, evaluate_run, make_ensemble
 
     firsts = out.with_name(out.name + "-first-pass")
@@ -147,12 +150,12 @@ def run_ensemble(rows: list[dict], out: Path) -> dict:
     t0 = time.perf_counter()
     evaluate_after_training(make_ensemble([r["run"] for r in rows], out))
     secs = time.perf_counter() - t0
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = RunFolder(out).read_metrics()
     m, val = metrics["test"], (metrics.get("val") or {}).get("auc")
-    passes = [_first_pass(r["run"]) for r in rows]
+    passes = [_first_pass(r["run"]).root for r in rows]
     if passes != [Path(r["run"]) for r in rows]:  # refit runs trained on validation: judge their first passes
         evaluate_run(make_ensemble(passes, firsts), splits=("val",))
-        val = json.loads((firsts / "metrics.json").read_text())["val"]["auc"]
+        val = RunFolder(firsts).read_metrics()["val"]["auc"]
     members = [r["val_auc"] for r in rows if "val_auc" in r]
     return {"run": str(out), "acc": m["acc"], "auc": m["auc"], "auc_ci95": m["auc_ci95"],
             "seconds": round(sum(r["seconds"] for r in rows) + secs, 1), "members": [r["run"] for r in rows],
@@ -267,9 +270,11 @@ def _bench(a, argv, work: Path) -> int:
             if len(families) >= 2:
                 ours["Ensemble of the CNNs"] = summarise(family_ensembles(families, data, work))
         if "seeds" in a.methods:  # each model run here over several seeds (with --extend: its kept seeds too)
+            from medcls.run_folder import RunFolder
+
             for m, label in {**CNN, **VOLUME_CNN}.items():
                 runs = ours.get(label, {}).get("runs", []) if m in a.methods else []
-                if len(runs) >= 2 and all(Path(r["run"], "metrics.json").is_file() for r in runs):
+                if len(runs) >= 2 and all(RunFolder(r["run"]).metrics.is_file() for r in runs):
                     ours[f"Ensemble of {len(runs)} {label} seeds"] = summarise([seed_ensemble(runs, label, data, work)])
                 elif len(runs) >= 2:
                     print(f"note: {label}: the run folders of its kept seeds are gone; no ensemble of its seeds")

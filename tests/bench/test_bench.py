@@ -297,8 +297,8 @@ def test_seeds_averages_a_models_seeds_and_records_its_validation_auc_beside_the
     # judged on validation by weights that never trained on it (a refit run's first pass; these did not refit)
     assert json.loads(Path(ens["run"], "metrics.json").read_text())["val"]["auc"] == ens["val_auc"]
     for r in single:
-        assert accuracy._first_pass(r["run"]) == Path(r["run"])
-        first = json.loads((accuracy._first_pass(r["run"]) / "metrics.json").read_text())
+        assert accuracy._first_pass(r["run"]).root == Path(r["run"])
+        first = json.loads((accuracy._first_pass(r["run"]).root / "metrics.json").read_text())
         assert r["val_auc"] == first["val"]["auc"]
     assert ens["members_val_auc_mean"] == pytest.approx(np.mean([r["val_auc"] for r in single]))
     assert ens["members_val_auc_below"] == sum(r["val_auc"] < ens["val_auc"] for r in single)
