@@ -91,3 +91,30 @@ def test_decisions_no_better_than_the_commonest_class_are_flagged():
                                         "modality": "us", "source": "x.npz"}})
     caveats = dict(model_card_sections(cfg, {"test": collapsed}))["Caveats"]
     assert any(c.startswith("On test, every case got the same class") for c in caveats)
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "multilabel"])
+def test_the_bootstrap_scores_each_resample_as_roc_auc_score_does(task):
+    """All resamples at once give the interval a loop of auc_score gives, ties and absent classes included."""
+    from medcls.evaluate.metrics import auc_score, bootstrap_auc_ci
+
+    rng = np.random.default_rng(2)
+    for n in (6, 40, 300):
+        if task == "binary":
+            y = rng.integers(0, 2, n)
+            p1 = np.round(np.clip(y * 0.3 + rng.random(n) * 0.7, 0, 1), 1)  # rounded: many tied scores
+            probs = np.stack([1 - p1, p1], 1)
+        elif task == "multiclass":
+            y = rng.integers(0, 3, n)  # in 6 cases, many resamples miss a class
+            probs = rng.dirichlet([1, 1, 1], n)
+        else:
+            y = rng.integers(0, 2, (n, 3))
+            probs = np.round(rng.random((n, 3)), 1)
+        loop, r = [], np.random.default_rng(7)
+        for _ in range(200):
+            i = r.integers(0, n, n)
+            a = auc_score(y[i], probs[i], task)
+            if a == a:
+                loop.append(a)
+        want = [np.quantile(loop, 0.025), np.quantile(loop, 0.975)]
+        assert bootstrap_auc_ci(y, probs, task, n_boot=200, seed=7) == pytest.approx(want, abs=1e-12)
