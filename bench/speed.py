@@ -340,7 +340,9 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.gpu:
         return gpu_main(a)
-    torch.set_num_threads(len(__import__("os").sched_getaffinity(0)))
+    from medcls.infer import set_threads
+
+    set_threads()  # as medcls train: a thread per core, or OMP_NUM_THREADS where set
     cpu = torch.device("cpu")
     pk = measured_peak(cpu)
     peak = pk["peak_gflops"]
@@ -348,7 +350,7 @@ def main(argv=None) -> int:
           f"3x3 conv {pk['conv_peak_gflops']:.1f})", flush=True)
     res = {"machine": machine(), "quick": a.quick,
            "command": "python bench/speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "cpu": {**pk, "cnn": cnn_table(cpu, a.quick, peak)}}
+           "cpu": {**pk, "threads": torch.get_num_threads(), "cnn": cnn_table(cpu, a.quick, peak)}}
     res["cpu"]["reading"] = reading(a.quick)
     r = res["cpu"]["reading"]
     print(f"DICOM reading: medcls {r['medcls_files_per_s']:.1f} files/s vs pydicom {r['pydicom_files_per_s']:.1f} "

@@ -54,11 +54,19 @@ def select_device(spec: str = "auto") -> torch.device:
 
 
 def set_threads() -> None:
-    """One intra-op thread per core this process may use; inter-op parallelism buys nothing for one model."""
+    """One intra-op thread per core this process may use; inter-op parallelism buys nothing for one model.
+
+    ``OMP_NUM_THREADS``, where the user set it, is the number (as PyTorch itself reads
+    it): several jobs sharing a machine each take their part. Under torchrun, which
+    sets it to 1 for every process on its own, the processes share the cores instead.
+    """
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    asked = os.environ.get("OMP_NUM_THREADS", "")
+    if local == 1 and asked.isdigit() and int(asked) > 0:
+        torch.set_num_threads(int(asked))
+        return
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    # torchrun's processes on one machine share its cores
-    n //= max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-    torch.set_num_threads(max(1, n))
+    torch.set_num_threads(max(1, n // max(1, local)))  # torchrun's processes on one machine share its cores
 
 
 # glibc's mallopt parameters and their defaults (malloc.h)

@@ -1,5 +1,7 @@
 """Training defaults that depend on the data: epochs, batch size and learning rate."""
 
+import os
+
 import pytest
 
 from medcls.errors import MedclsError
@@ -206,3 +208,27 @@ def test_min_steps_examples_and_precedence():
     assert TrainConfig(data="x", min_steps=600).epochs_for(4708, 32) < TrainConfig(data="x", min_steps=600).epochs_for(4708, 128)
     with pytest.raises(MedclsError, match="--min-steps"):
         TrainConfig(data="x", min_steps=-1)
+
+
+def test_threads_follow_omp_num_threads_where_the_user_set_it(monkeypatch):
+    import torch
+
+    from medcls.infer import set_threads
+
+    cores = len(os.sched_getaffinity(0))
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        set_threads()
+        assert torch.get_num_threads() == 3, "the user's number, as PyTorch reads it"
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        set_threads()
+        assert torch.get_num_threads() == cores
+        # torchrun sets OMP_NUM_THREADS=1 in every process by itself: its processes share the cores instead
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+        set_threads()
+        assert torch.get_num_threads() == max(1, cores // 2)
+    finally:
+        torch.set_num_threads(before)
