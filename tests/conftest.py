@@ -59,7 +59,7 @@ def run_cli(args, capsys):
 def medmnist_subset(medmnist_dir: Path, name: str, out: Path, sizes: dict) -> Path:
     """A few real images of each split of a MedMNIST set, half of each class (binary), under the set's name.
 
-    ``sizes``: items per split, e.g. ``{"train": 24, "val": 12, "test": 12}``.
+    ``sizes``: items per split, e.g. ``{"train": 24, "val": 12, "test": 12}``; ``None`` keeps a split whole.
     """
     import numpy as np
 
@@ -67,6 +67,9 @@ def medmnist_subset(medmnist_dir: Path, name: str, out: Path, sizes: dict) -> Pa
     path = out / f"{name}.npz"
     keep = {}
     for split, n in sizes.items():
+        if n is None:
+            keep[f"{split}_images"], keep[f"{split}_labels"] = src[f"{split}_images"], src[f"{split}_labels"]
+            continue
         y = src[f"{split}_labels"][:, 0]
         idx = np.sort(np.concatenate([np.flatnonzero(y == 0)[: n // 2], np.flatnonzero(y == 1)[: n // 2]]))
         keep[f"{split}_images"], keep[f"{split}_labels"] = src[f"{split}_images"][idx], src[f"{split}_labels"][idx]

@@ -154,7 +154,7 @@ def trained_run(tmp_path_factory, medmnist_dir):
     from medcls.cli import main
 
     rc = main(["train", "--data", "pneumoniamnist", "--data-dir", str(medmnist_dir), "--model", "alexnet_onetower",
-               "--epochs", "3", "--max-train-samples", "600", "--out", str(run), "--device", "cpu",
+               "--model-arg", "fc_width=64", "--epochs", "3", "--max-train-samples", "600", "--out", str(run), "--device", "cpu",
                "--checkpoint-every", "0"])
     assert rc == 0
     return run

@@ -50,7 +50,7 @@ def test_no_identifier_reaches_any_output(tmp_path, capsys, recwarn):
         seen += [out, err]
     run = tmp_path / "run"
     rc, out, err = run_cli(["train", "--data", data, "--size", "28", "--out", run, "--model", "alexnet_onetower",
-                            "--epochs", "1", "--batch-size", "32", "--device", "cpu"], capsys)
+                            "--model-arg", "fc_width=64", "--epochs", "1", "--batch-size", "32", "--device", "cpu"], capsys)
     assert rc == 0, err
     seen += [out, err]
     for cmd in (["evaluate", run], ["predict", run, data, "--json"], ["predict", run, single]):

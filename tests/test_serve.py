@@ -37,7 +37,7 @@ def run(tmp_path_factory, medmnist_dir):
 
     out = tmp_path_factory.mktemp("serve") / "pneu"
     assert main(["train", "--data", "pneumoniamnist", "--data-dir", str(medmnist_dir), "--model",
-                 "alexnet_onetower", "--epochs", "1", "--max-train-samples", "256", "--out", str(out),
+                 "alexnet_onetower", "--model-arg", "fc_width=64", "--epochs", "1", "--max-train-samples", "256", "--out", str(out),
                  "--device", "cpu"]) == 0
     return out
 

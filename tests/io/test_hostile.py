@@ -139,7 +139,7 @@ def run(medmnist_dir, tmp_path_factory):
 
     rc = main(["train", "--data", "pneumoniamnist", "--data-dir", str(medmnist_dir), "--out", str(out),
                "--model", "alexnet_onetower", "--epochs", "1", "--batch-size", "32", "--max-train-samples", "64",
-               "--init", "kaiming", "--device", "cpu"])
+               "--init", "kaiming", "--device", "cpu", "--model-arg", "fc_width=64"])
     assert rc == 0
     return out
 
@@ -318,7 +318,8 @@ def test_an_ordinal_set_trains_evaluates_and_predicts(tmp_path, capsys):
     np.savez(tmp_path / "retinamnist.npz", **parts)
     out = tmp_path / "run"
     rc, text, err = run_cli(["train", "--data", "retinamnist", "--data-dir", tmp_path, "--out", out,
-                             "--model", "alexnet_onetower", "--epochs", "2", "--batch-size", "32", "--no-refit"],
+                             "--model", "alexnet_onetower", "--model-arg", "fc_width=64", "--epochs", "2",
+                             "--batch-size", "32", "--no-refit"],
                             capsys)
     assert rc == 0, err
     m = json.loads((out / "metrics.json").read_text())

@@ -50,9 +50,23 @@ def test_shards_are_disjoint_contiguous_and_cover_everything():
     assert shard(10, SINGLE) == slice(0, 10)
 
 
-def test_two_processes_take_the_steps_of_one(medmnist_dir, tmp_path):
+@pytest.fixture(scope="module")
+def pneumonia(medmnist_dir, tmp_path_factory) -> Path:
+    """PneumoniaMNIST's training split whole (so --max-train-samples draws what it draws from the real set),
+    with 64 validation and 64 test images: every epoch validates, and every run is evaluated at its end."""
+    from tests.conftest import medmnist_subset
+
+    root = tmp_path_factory.mktemp("pneumonia")
+    medmnist_subset(medmnist_dir, "pneumoniamnist", root, {"train": None, "val": EVAL_N, "test": EVAL_N})
+    return root
+
+
+EVAL_N = 64
+
+
+def test_two_processes_take_the_steps_of_one(pneumonia, tmp_path):
     """Same seed and global batch: the weights after every step agree, so do the metrics; rank 0 alone writes."""
-    common = ["train", "--data", "pneumoniamnist", "--data-dir", medmnist_dir, *SMALL, "--epochs", "2",
+    common = ["train", "--data", "pneumoniamnist", "--data-dir", pneumonia, *SMALL, "--epochs", "2",
               # 99 items in batches of 33: the two blocks of each batch differ in size (16 and 17)
               "--batch-size", "33", "--max-train-samples", "99"]
     rc1, log1 = _medcls(*common, "--out", tmp_path / "one")
@@ -127,11 +141,11 @@ def _torchrun_train(args, wait_for: str, then, timeout=240, restarts=0, monitor=
 
 
 @pytest.fixture()
-def stoppable(medmnist_dir):
+def stoppable(pneumonia):
     # 240 items in batches of 16: 15 steps an epoch, time for a signal to land inside training
     # SGD: the last-bit differences between an all-reduced and a one-process gradient stay that small over
     # 100 steps (1-process vs 2-process weights: 3e-4 apart), where AdamW's normalised steps grow them to 1e-2
-    return ["--data", "pneumoniamnist", "--data-dir", medmnist_dir, *SMALL, "--epochs", "3", "--batch-size", "16",
+    return ["--data", "pneumoniamnist", "--data-dir", pneumonia, *SMALL, "--epochs", "3", "--batch-size", "16",
             "--max-train-samples", "240", "--optimizer", "sgd"]
 
 
@@ -177,7 +191,7 @@ def test_a_killed_rank_ends_the_attempt_at_once_and_max_restarts_picks_the_run_u
     from medcls.run_folder import RunFolder
 
     assert [int(r["epoch"]) for r in RunFolder(out).read_history()] == [1, 2, 3]
-    assert json.loads((out / "metrics.json").read_text())["test"]["n"] == 624
+    assert json.loads((out / "metrics.json").read_text())["test"]["n"] == EVAL_N
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a CUDA machine --sync-bn is allowed")

@@ -9,7 +9,9 @@ from medcls.train.semi import pseudo_labels
 from medcls.train.ssl import nt_xent
 from tests.conftest import run_cli
 
-TINY = ["--model", "alexnet_onetower", "--batch-size", "32", "--max-train-samples", "320", "--init", "kaiming"]
+# AlexNet's convolutions with a 64-wide head (the paper's 4096-wide FC layers: 96 % of its weights)
+TINY = ["--model", "alexnet_onetower", "--model-arg", "fc_width=64", "--batch-size", "32", "--max-train-samples",
+        "320", "--init", "kaiming"]
 
 
 @pytest.mark.parametrize("method", ["pseudo", "fixmatch", "meanteacher"])
@@ -122,14 +124,14 @@ def test_cluster_on_trained_cnn_and_ensemble(medmnist_dir, tmp_path, capsys):
     for i, model in enumerate(["alexnet_onetower", "alexnet"]):
         run = tmp_path / f"r{i}"
         rc, _, err = run_cli(["train", "--data", "breastmnist", "--data-dir", medmnist_dir, "--out", run,
-                              "--model", model, "--epochs", "1", "--batch-size", "32", "--max-train-samples", "96",
-                              "--init", "kaiming", "--seed", str(i)], capsys)
+                              "--model", model, "--model-arg", "fc_width=64", "--epochs", "1", "--batch-size", "32",
+                              "--max-train-samples", "96", "--init", "kaiming", "--seed", str(i)], capsys)
         assert rc == 0, err
         runs.append(run)
     rc, _, err = run_cli(["cluster", "--data", "breastmnist", "--features", f"cnn:{runs[0]}", "--out",
                           tmp_path / "c", "--max-samples", "120"], capsys)
     assert rc == 0, err
-    assert json.loads((tmp_path / "c" / "cluster.json").read_text())["feature_dim"] == 4096
+    assert json.loads((tmp_path / "c" / "cluster.json").read_text())["feature_dim"] == 64  # the head's width
     rc, _, err = run_cli(["cluster", "--data", "breastmnist", "--features", f"cnn:{runs[0]}", "--out",
                           tmp_path / "c2", "--max-samples", "120", "--no-probe"], capsys)
     assert rc == 0 and "probe" not in json.loads((tmp_path / "c2" / "cluster.json").read_text())

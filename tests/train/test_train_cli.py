@@ -15,8 +15,12 @@ from PIL import Image
 
 from tests.conftest import dcm, run_cli
 
-FAST = ["--model", "alexnet_onetower", "--epochs", "1", "--batch-size", "32", "--max-train-samples", "96",
-        "--init", "kaiming"]
+# AlexNet's convolutions with a 64-wide head: the paper's 4096-wide FC layers are 96 % of its weights, and
+# would make every checkpoint of these runs 450 MB (what is tested here does not depend on the head's width)
+SMALL_HEAD = ["--model-arg", "fc_width=64"]
+SMALL_KW = {"fc_width": 64}
+FAST = ["--model", "alexnet_onetower", *SMALL_HEAD, "--epochs", "1", "--batch-size", "32", "--max-train-samples",
+        "96", "--init", "kaiming"]
 RUN_FILES = ["config.json", "best.safetensors", "last.safetensors", "state.pt", "history.csv", "metrics.json",
              "roc.png", "confusion.png", "calibration.png", "curves.png", "report.html"]
 METRIC_KEYS = {"acc", "auc", "auc_ci95", "sensitivity", "specificity", "f1", "confusion", "n", "brier", "ece"}
@@ -190,21 +194,27 @@ def test_multilabel_csv(medmnist_dir, tmp_path, capsys):
 
 
 def _train_cmd(out: Path, medmnist_dir: Path, epochs: int) -> list[str]:
+    # one pass (--no-refit): the refit's two are tested in test_refit_trains_again_on_train_and_val
     return [sys.executable, "-m", "medcls.cli", "train", "--data", "pneumoniamnist", "--data-dir", str(medmnist_dir),
-            "--out", str(out), "--model", "alexnet_onetower", "--epochs", str(epochs), "--batch-size", "32",
-            "--max-train-samples", "256", "--init", "kaiming", "--seed", "3", "--device", "cpu", "--checkpoint-every", "0",
-            "--no-refit"]  # one pass: the refit's two are tested in test_refit_trains_again_on_train_and_val
+            "--out", str(out), "--model", "alexnet_onetower", *SMALL_HEAD, "--epochs", str(epochs),
+            "--batch-size", "32", "--max-train-samples", "256", "--init", "kaiming", "--seed", "3", "--device", "cpu",
+            "--checkpoint-every", "0", "--no-refit"]
 
 
 @pytest.mark.slow
 def test_resume_after_kill_equals_uninterrupted(medmnist_dir, tmp_path):
     from safetensors.torch import load_file
 
+    from tests.conftest import medmnist_subset
+
     env = {**os.environ, "TQDM_DISABLE": "1"}
+    data = tmp_path / "data"  # the training split whole; each run validates and is scored on 64 + 64 images
+    data.mkdir()
+    medmnist_subset(medmnist_dir, "pneumoniamnist", data, {"train": None, "val": 64, "test": 64})
     full = tmp_path / "full"
-    subprocess.run(_train_cmd(full, medmnist_dir, 2), check=True, env=env, capture_output=True)
+    subprocess.run(_train_cmd(full, data, 2), check=True, env=env, capture_output=True)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(killed, medmnist_dir, 2), env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(_train_cmd(killed, data, 2), env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     # wait for the epoch-1 checkpoint however loaded the machine is; never on a wall-clock guess
     h = killed / "history.csv"
@@ -251,8 +261,9 @@ def test_checkpoints_are_timed_and_the_final_epoch_always_lands(medmnist_dir, tm
     writes = []
     save_state = engine.save_state
     monkeypatch.setattr(engine, "save_state", lambda path, st: (writes.append(int(st["epoch"])), save_state(path, st)))
-    common = dict(data="breastmnist", data_dir=str(medmnist_dir), model="alexnet_onetower", epochs=3,
-                  max_train_samples=64, limit_eval_samples=32, device="cpu", seed=2, refit=False)
+    common = dict(data="breastmnist", data_dir=str(medmnist_dir), model="alexnet_onetower",
+                  model_kwargs=SMALL_KW, epochs=3, max_train_samples=64, limit_eval_samples=32, device="cpu", seed=2,
+                  refit=False)
     every = engine.fit(TrainConfig(out=str(tmp_path / "every"), checkpoint_every=0, **common))
     assert writes == [1, 2, 3]
     writes.clear()
@@ -286,7 +297,7 @@ def test_ctrl_c_finishes_the_epoch_checkpoints_and_resumes_exactly(medmnist_dir,
 
     from medcls.train import engine
 
-    args = ["train", "--data", "breastmnist", "--data-dir", medmnist_dir, "--model", "alexnet_onetower",
+    args = ["train", "--data", "breastmnist", "--data-dir", medmnist_dir, "--model", "alexnet_onetower", *SMALL_HEAD,
             "--epochs", "3", "--batch-size", "32", "--max-train-samples", "64", "--init", "kaiming", "--seed", "4",
             "--device", "cpu", "--checkpoint-every", "3600", "--no-refit",
             "--mixup", "0.4"]  # mixup's draws come from the checkpointed generator, so a resume repeats them too
@@ -324,9 +335,9 @@ def test_a_second_ctrl_c_stops_at_once(medmnist_dir, tmp_path, monkeypatch):
 
     handler = signal.getsignal(signal.SIGINT)
     _signal_at_first_validation(monkeypatch, times=2)
-    cfg = TrainConfig(data="breastmnist", data_dir=str(medmnist_dir), model="alexnet_onetower", epochs=3,
-                      max_train_samples=64, limit_eval_samples=32, device="cpu", out=str(tmp_path / "r"),
-                      checkpoint_every=3600, refit=False)
+    cfg = TrainConfig(data="breastmnist", data_dir=str(medmnist_dir), model="alexnet_onetower",
+                      model_kwargs=SMALL_KW, epochs=3, max_train_samples=64, limit_eval_samples=32, device="cpu",
+                      out=str(tmp_path / "r"), checkpoint_every=3600, refit=False)
     with pytest.raises(KeyboardInterrupt) as exc:
         engine.fit(cfg)
     assert not isinstance(exc.value, TrainingStopped)
@@ -340,8 +351,8 @@ def test_weight_ema_is_what_is_validated_and_kept(medmnist_dir, tmp_path):
     from medcls.train.config import TrainConfig
     from medcls.train.engine import fit
 
-    common = dict(data="breastmnist", data_dir=str(medmnist_dir), model="alexnet_onetower", epochs=1,
-                  max_train_samples=96, limit_eval_samples=32, device="cpu", seed=1)
+    common = dict(data="breastmnist", data_dir=str(medmnist_dir), model="alexnet_onetower",
+                  model_kwargs=SMALL_KW, epochs=1, max_train_samples=96, limit_eval_samples=32, device="cpu", seed=1)
     with_ema = fit(TrainConfig(out=str(tmp_path / "ema"), **common))
     without = fit(TrainConfig(out=str(tmp_path / "raw"), ema=False, **common))
     cfg = json.loads((with_ema / "config.json").read_text())
@@ -391,7 +402,7 @@ def test_refit_trains_again_on_train_and_val(medmnist_dir, tmp_path, monkeypatch
 
     from medcls.train import engine
 
-    args = ["train", "--data", "breastmnist", "--data-dir", medmnist_dir, "--model", "alexnet_onetower",
+    args = ["train", "--data", "breastmnist", "--data-dir", medmnist_dir, "--model", "alexnet_onetower", *SMALL_HEAD,
             "--epochs", "3", "--batch-size", "32", "--max-train-samples", "64", "--init", "kaiming", "--seed", "5",
             "--device", "cpu", "--checkpoint-every", "3600", "--refit"]
     full = tmp_path / "full"
