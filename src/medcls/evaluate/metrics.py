@@ -99,7 +99,7 @@ def bootstrap_auc_ci(y, probs, task: str, n_boot: int = 500, seed: int = 0, alph
     if n == 0:
         return [float("nan"), float("nan")]
     vals = []
-    per_chunk = max(1, min(n_boot, 2_000_000 // n))  # the counts stay a few tens of MB, whatever the set's size
+    per_chunk = max(1, min(n_boot, 2_000_000 // n))  # 2 M counts a block (~100 MB with temporaries), any set size
     for start in range(0, n_boot, per_chunk):
         idx = np.stack([rng.integers(0, n, n) for _ in range(min(per_chunk, n_boot - start))])
         vals.append(_bootstrap_aucs(y, probs, task, idx))
