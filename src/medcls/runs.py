@@ -547,7 +547,7 @@ def compare_runs(root_a: str | Path, root_b: str | Path, data: str | None = None
     cases are ``split`` of A's dataset (or ``data``), per sample.
     """
     from medcls.evaluate.metrics import auc_score
-    from medcls.evaluate.stats import delong_test, mcnemar_test, paired_bootstrap
+    from medcls.evaluate.stats import delong_test, mcnemar_test, paired_auc_bootstrap
 
     a, b = load_run(root_a, device), load_run(root_b, device)
     if not _same_classes(a.config, b.config):
@@ -567,7 +567,7 @@ def compare_runs(root_a: str | Path, root_b: str | Path, data: str | None = None
     task = a.task
     out: dict = {"run_a": str(a.root), "run_b": str(b.root), "model_a": a.config.model_name,
                  "model_b": b.config.model_name, "dataset": ds.name, "split": split, "n": int(len(y)), "task": task}
-    out["auc_bootstrap"] = paired_bootstrap(y, pa, pb, lambda yy, pp: auc_score(yy, pp, task), n_boot=n_boot)
+    out["auc_bootstrap"] = paired_auc_bootstrap(y, pa, pb, task, n_boot=n_boot)
     if task != "multilabel" and pa.shape[1] == 2:
         out["delong"] = delong_test(y, pa[:, 1], pb[:, 1])
     if task != "multilabel":

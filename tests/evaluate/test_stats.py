@@ -122,3 +122,23 @@ def test_paired_bootstrap_ci_covers_the_difference():
     r = paired_bootstrap(y, a, b, roc_auc_score, n_boot=300)
     assert r["ci95"][0] <= r["diff"] <= r["ci95"][1]
     assert r["diff"] == pytest.approx(roc_auc_score(y, a) - roc_auc_score(y, b))
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass"])
+def test_the_paired_auc_bootstrap_is_the_loop_of_paired_bootstrap(task):
+    """medcls compare's AUC difference: every resample at once, the same resamples and values as the loop."""
+    from medcls.evaluate.metrics import auc_score
+    from medcls.evaluate.stats import paired_auc_bootstrap
+
+    rng = np.random.default_rng(3)
+    for n in (8, 200):
+        if task == "binary":
+            y = rng.integers(0, 2, n)
+            pa, pb = (np.stack([1 - q, q], 1) for q in np.round(rng.random((2, n)) * 0.5 + y * 0.3, 1))
+        else:
+            y = rng.integers(0, 3, n)
+            pa, pb = rng.dirichlet([1, 1, 1], n), rng.dirichlet([1, 1, 1], n)
+        want = paired_bootstrap(y, pa, pb, lambda yy, pp: auc_score(yy, pp, task), n_boot=300, seed=4)
+        got = paired_auc_bootstrap(y, pa, pb, task, n_boot=300, seed=4)
+        assert got["n_boot"] == want["n_boot"] and got["diff"] == pytest.approx(want["diff"], abs=1e-12)
+        assert got["ci95"] == pytest.approx(want["ci95"], abs=1e-12)

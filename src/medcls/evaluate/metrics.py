@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["auc_score", "compute_metrics", "bootstrap_auc_ci", "reliability", "brier_score"]
+__all__ = ["auc_score", "compute_metrics", "bootstrap_auc_ci", "bootstrap_resamples", "bootstrap_aucs",
+           "reliability", "brier_score"]
 
 ECE_BINS = 15
 
@@ -67,7 +68,7 @@ def _weighted_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray)
         return np.where((n_pos > 0) & (n_neg > 0), num / (n_pos * n_neg), np.nan)
 
 
-def _bootstrap_aucs(y: np.ndarray, probs: np.ndarray, task: str, idx: np.ndarray) -> np.ndarray:
+def bootstrap_aucs(y: np.ndarray, probs: np.ndarray, task: str, idx: np.ndarray) -> np.ndarray:
     """``auc_score`` of every resample (rows of case indices ``idx``) at once, as ``auc_score`` defines it."""
     n = len(y)
     counts = np.stack([np.bincount(i, minlength=n) for i in idx]).astype(np.float64)
@@ -86,24 +87,28 @@ def _bootstrap_aucs(y: np.ndarray, probs: np.ndarray, task: str, idx: np.ndarray
     return out
 
 
+def bootstrap_resamples(n: int, n_boot: int, seed: int):
+    """Blocks of bootstrap resamples (rows of case indices): the draws of a loop of ``rng.integers(0, n, n)``.
+
+    A block holds at most 2 M indices (~100 MB with ``bootstrap_aucs``'s temporaries), whatever the set's size.
+    """
+    rng = np.random.default_rng(seed)
+    per_block = max(1, min(n_boot, 2_000_000 // max(n, 1)))
+    for start in range(0, n_boot, per_block):
+        yield np.stack([rng.integers(0, n, n) for _ in range(min(per_block, n_boot - start))])
+
+
 def bootstrap_auc_ci(y, probs, task: str, n_boot: int = 500, seed: int = 0, alpha: float = 0.05) -> list[float]:
     """Percentile bootstrap 95 % confidence interval of the AUC (resampling cases).
 
-    The resamples are scored together (``_weighted_auc``), the same values a loop of
+    The resamples are scored together (``bootstrap_aucs``), the same values a loop of
     ``roc_auc_score`` gives, in a fraction of its time (500 resamples of 624 cases:
-    about 30 ms against 2.5 s on 2 cores).
+    about 30 ms against 2.5 s on 2 cores; 100,000 cases: 5.6 s, 115 MB at the peak).
     """
-    rng = np.random.default_rng(seed)
     y, probs = np.asarray(y), np.asarray(probs, dtype=np.float64)
-    n = len(y)
-    if n == 0:
+    if len(y) == 0:
         return [float("nan"), float("nan")]
-    vals = []
-    per_chunk = max(1, min(n_boot, 2_000_000 // n))  # 2 M counts a block (~100 MB with temporaries), any set size
-    for start in range(0, n_boot, per_chunk):
-        idx = np.stack([rng.integers(0, n, n) for _ in range(min(per_chunk, n_boot - start))])
-        vals.append(_bootstrap_aucs(y, probs, task, idx))
-    v = np.concatenate(vals)
+    v = np.concatenate([bootstrap_aucs(y, probs, task, idx) for idx in bootstrap_resamples(len(y), n_boot, seed)])
     v = v[~np.isnan(v)]
     if not len(v):
         return [float("nan"), float("nan")]

@@ -22,7 +22,7 @@ import math
 import numpy as np
 
 __all__ = ["wilson_ci", "choose_threshold", "at_threshold", "delong_test", "mcnemar_test",
-           "paired_bootstrap", "net_benefit", "parse_target"]
+           "paired_bootstrap", "paired_auc_bootstrap", "net_benefit", "parse_target"]
 
 
 def wilson_ci(k: int, n: int, level: float = 0.95) -> list[float]:
@@ -169,6 +169,25 @@ def paired_bootstrap(y, p_a, p_b, metric, n_boot: int = 2000, seed: int = 0) -> 
     if not diffs:
         return {"diff": float(point), "ci95": [float("nan"), float("nan")], "n_boot": n_boot}
     return {"diff": float(point), "ci95": [float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))],
+            "n_boot": n_boot}
+
+
+def paired_auc_bootstrap(y, p_a, p_b, task: str, n_boot: int = 2000, seed: int = 0) -> dict:
+    """``paired_bootstrap`` of the AUC difference, every resample scored at once (``bootstrap_aucs``).
+
+    The same resamples and values as ``paired_bootstrap(y, p_a, p_b, auc)``; 2,000 resamples of
+    624 cases take a fraction of a second instead of 4,000 ``roc_auc_score`` calls.
+    """
+    from medcls.evaluate.metrics import auc_score, bootstrap_aucs, bootstrap_resamples
+
+    y, p_a, p_b = np.asarray(y), np.asarray(p_a, dtype=np.float64), np.asarray(p_b, dtype=np.float64)
+    point = auc_score(y, p_a, task) - auc_score(y, p_b, task)
+    d = np.concatenate([bootstrap_aucs(y, p_a, task, idx) - bootstrap_aucs(y, p_b, task, idx)
+                        for idx in bootstrap_resamples(len(y), n_boot, seed)]) if len(y) else np.array([])
+    d = d[~np.isnan(d)]
+    if not len(d):
+        return {"diff": float(point), "ci95": [float("nan"), float("nan")], "n_boot": n_boot}
+    return {"diff": float(point), "ci95": [float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))],
             "n_boot": n_boot}
 
 
