@@ -9,10 +9,9 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "").isdigit():
     _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
-    if os.environ["OMP_NUM_THREADS"].isdigit():
-        import torch  # a plugin may have imported it before the variable was set
+    from medcls.infer import set_threads
 
-        torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
+    set_threads()  # as medcls train sets them; a plugin may have imported torch before the variable was set
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MEDMNIST = REPO.parent / "shared" / "data" / "medmnist"

@@ -50,6 +50,9 @@ def test_shards_are_disjoint_contiguous_and_cover_everything():
     assert shard(10, SINGLE) == slice(0, 10)
 
 
+EVAL_N = 64
+
+
 @pytest.fixture(scope="module")
 def pneumonia(medmnist_dir, tmp_path_factory) -> Path:
     """PneumoniaMNIST's training split whole (so --max-train-samples draws what it draws from the real set),
@@ -59,9 +62,6 @@ def pneumonia(medmnist_dir, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("pneumonia")
     medmnist_subset(medmnist_dir, "pneumoniamnist", root, {"train": None, "val": EVAL_N, "test": EVAL_N})
     return root
-
-
-EVAL_N = 64
 
 
 def test_two_processes_take_the_steps_of_one(pneumonia, tmp_path):

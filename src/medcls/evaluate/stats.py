@@ -157,19 +157,12 @@ def mcnemar_test(correct_a, correct_b) -> dict:
 
 def paired_bootstrap(y, p_a, p_b, metric, n_boot: int = 2000, seed: int = 0) -> dict:
     """Percentile 95 % CI of ``metric(y, p_a) - metric(y, p_b)``, resampling cases (pairs kept together)."""
-    rng = np.random.default_rng(seed)
+    from medcls.evaluate.metrics import bootstrap_resamples
+
     y, p_a, p_b = np.asarray(y), np.asarray(p_a), np.asarray(p_b)
-    n, diffs = len(y), []
-    for _ in range(n_boot):
-        i = rng.integers(0, n, n)
-        d = metric(y[i], p_a[i]) - metric(y[i], p_b[i])
-        if d == d:
-            diffs.append(d)
-    point = metric(y, p_a) - metric(y, p_b)
-    if not diffs:
-        return {"diff": float(point), "ci95": [float("nan"), float("nan")], "n_boot": n_boot}
-    return {"diff": float(point), "ci95": [float(np.quantile(diffs, 0.025)), float(np.quantile(diffs, 0.975))],
-            "n_boot": n_boot}
+    diffs = [metric(y[i], p_a[i]) - metric(y[i], p_b[i]) for block in bootstrap_resamples(len(y), n_boot, seed)
+             for i in block]
+    return _difference_ci(metric(y, p_a) - metric(y, p_b), np.asarray(diffs, dtype=np.float64), n_boot)
 
 
 def paired_auc_bootstrap(y, p_a, p_b, task: str, n_boot: int = 2000, seed: int = 0) -> dict:
@@ -181,14 +174,17 @@ def paired_auc_bootstrap(y, p_a, p_b, task: str, n_boot: int = 2000, seed: int =
     from medcls.evaluate.metrics import auc_score, bootstrap_aucs, bootstrap_resamples
 
     y, p_a, p_b = np.asarray(y), np.asarray(p_a, dtype=np.float64), np.asarray(p_b, dtype=np.float64)
-    point = auc_score(y, p_a, task) - auc_score(y, p_b, task)
-    d = np.concatenate([bootstrap_aucs(y, p_a, task, idx) - bootstrap_aucs(y, p_b, task, idx)
-                        for idx in bootstrap_resamples(len(y), n_boot, seed)]) if len(y) else np.array([])
-    d = d[~np.isnan(d)]
-    if not len(d):
-        return {"diff": float(point), "ci95": [float("nan"), float("nan")], "n_boot": n_boot}
-    return {"diff": float(point), "ci95": [float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))],
-            "n_boot": n_boot}
+    d = [bootstrap_aucs(y, p_a, task, idx) - bootstrap_aucs(y, p_b, task, idx)
+         for idx in bootstrap_resamples(len(y), n_boot, seed)]
+    return _difference_ci(auc_score(y, p_a, task) - auc_score(y, p_b, task),
+                          np.concatenate(d) if d else np.array([]), n_boot)
+
+
+def _difference_ci(point: float, diffs: np.ndarray, n_boot: int) -> dict:
+    """The paired bootstraps' answer: the difference and its percentile 95 % CI over the defined resamples."""
+    diffs = diffs[~np.isnan(diffs)]
+    ci = [float(np.quantile(diffs, q)) for q in (0.025, 0.975)] if len(diffs) else [float("nan")] * 2
+    return {"diff": float(point), "ci95": ci, "n_boot": n_boot}
 
 
 def net_benefit(y, p, thresholds) -> dict:
