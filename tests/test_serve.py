@@ -123,10 +123,14 @@ def test_predict_real_dicom_nifti_png_and_a_zipped_series(client, medmnist_dir, 
     assert "brain" not in json.dumps(r.json()) and "patient_dir" not in json.dumps(r.json())
 
 
-def test_every_error_has_its_status_and_one_shape(client, tmp_path):
+def test_every_error_has_its_status_and_one_shape(client, tmp_path, monkeypatch):
     import tempfile
 
-    temp = Path(tempfile.gettempdir())
+    # This test's uploads get a temp folder of their own: another xdist worker's
+    # service makes medcls-serve-* folders in the shared one while this runs.
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     before = {p.name for p in temp.glob("medcls-serve-*")}
     cases = [
         (client.post("/v1/models/pneu/predict", files={"file": ("notes.txt", b"hello")}), 415),
