@@ -111,7 +111,9 @@ def _memory_child(name: str, size: int, batch: int) -> None:
     """In a fresh process: two training steps at ``batch``; prints the peak resident set in GB."""
     import resource
 
-    torch.set_num_threads(2)
+    from medcls.infer import set_threads
+
+    set_threads()  # as the parent and medcls train: a thread per core, or OMP_NUM_THREADS where set
     ours_train(name, size, batch, 1)
     print(json.dumps({"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}))
 
@@ -161,7 +163,7 @@ def main(argv=None) -> int:
                       + " ".join(f"b{b}:{v:.1f}" for b, v in inf.items())
                       + f"  peak RSS {r['peak_rss_gb']:.1f} GB", flush=True)
     out = write_results("volume_speed_quick" if a.quick else "volume_speed",
-                        {"machine": machine(), "peak_gflops": peak, "quick": a.quick,
+                        {"machine": machine(), "peak_gflops": peak, "quick": a.quick, "threads": torch.get_num_threads(),
                          "command": "python bench/volume_speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
                          "rows": rows})
     print(f"wrote {out}")
