@@ -461,7 +461,7 @@ def _fit(cfg, resume: bool = False, dist_timeout: float = 600.0, operating_point
     Under torchrun every process trains and evaluates its share; rank 0 writes
     the run and returns its folder, the others None.
     """
-    from medcls.distributed import init_world, shutdown
+    from medcls.distributed import barrier, init_world, shutdown
     from medcls.runs import evaluate_after_training
     from medcls.train.engine import fit
 
@@ -475,6 +475,10 @@ def _fit(cfg, resume: bool = False, dist_timeout: float = 600.0, operating_point
             raise _Reported(128 + exc.signum) from None
         evaluate_after_training(root, device=str(devices[0]) if devices else cfg.device, world=world,
                                 operating_point=operating_point, prevalence=prevalence)
+        # Leave the process group together: rank 0 still writes the reports when the others are done. A rank
+        # that tore its gloo connections down while rank 0 worked on once died at exit on CI (SIGABRT,
+        # "terminate called without an active exception"), and torchrun failed the finished run.
+        barrier(world)
     except RuntimeError as exc:  # a collective that failed: a peer crashed, was killed, or timed out
         if not world.active or isinstance(exc, MedclsError) or "--debug" in sys.argv:
             raise
